@@ -1,0 +1,479 @@
+"""The embedding cache shared by encoder and decoder: compact serialisation, hashed keys, Redis or memory.
+
+An image is embedded once and clicked many times; the decoder reads the embedding (and the last low-res
+logits, for `use_mask_input_cache`) from here on every click. Redis is the shared backend across replicas,
+an in-process LRU the single-node fallback. Neither backend ever lets a Redis failure crash a request: it
+becomes `CacheUnavailable`, which the caller turns into a recompute or a 503 that says to resend the image.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import hashlib
+import logging
+import re
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, TypeVar
+
+import numpy as np
+import redis.asyncio as redis_asyncio
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from sam_core.embedding import EMBEDDING_SHAPE, ImageEmbedding
+from sam_core.errors import CacheUnavailable, ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LOW_RES_LOGITS_SHAPE: Final = (1, 1, 256, 256)
+"""Low-res mask logits fed back as `mask_input`: one mask in the 256x256 low-res frame."""
+
+KIND_EMBEDDING: Final = "emb"
+KIND_LOW_RES_LOGITS: Final = "lowres"
+KINDS: Final = (KIND_EMBEDDING, KIND_LOW_RES_LOGITS)
+
+_MODEL_ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+# ---- serialisation -------------------------------------------------------------------------------------
+
+_MAGIC: Final = b"SAMC"
+_FORMAT_VERSION: Final = 1
+_KIND_CODES: Final = {KIND_EMBEDDING: 1, KIND_LOW_RES_LOGITS: 2}
+_DTYPE_FLOAT16: Final = 1
+_STORED_DTYPE: Final = np.dtype("<f2")  # explicit little-endian: the bytes mean the same on every host
+_FP16_MAX: Final = float(np.finfo(np.float16).max)  # 65504
+
+# magic, format version, kind code, dtype code, ndim, shape[4], original (h, w), input (h, w); 40 bytes.
+_HEADER: Final = struct.Struct("<4sBBBB4I2I2I")
+HEADER_BYTES: Final = _HEADER.size
+
+
+class CorruptCacheEntryError(ValueError):
+    """Bytes under a cache key that are not a value this module wrote (or a different format version).
+
+    Never leaves this module's public methods: the getters log it and report a miss.
+    """
+
+
+def _encode(
+    kind: str, array: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]
+) -> bytes:
+    if array.ndim != 4:
+        raise ValueError(f"{kind}: expected a 4-d array, got shape {array.shape}")
+    try:
+        header = _HEADER.pack(
+            _MAGIC,
+            _FORMAT_VERSION,
+            _KIND_CODES[kind],
+            _DTYPE_FLOAT16,
+            array.ndim,
+            *(int(n) for n in array.shape),
+            *(int(n) for n in original_size),
+            *(int(n) for n in input_size),
+        )
+    except struct.error as exc:
+        raise ValueError(f"{kind}: sizes do not fit the header ({exc})") from exc
+    # Clip before the cast: a float32 beyond +-65504 would otherwise become inf in float16.
+    clipped = np.clip(array, -_FP16_MAX, _FP16_MAX)
+    return header + np.ascontiguousarray(clipped, dtype=_STORED_DTYPE).tobytes()
+
+
+def _decode(kind: str, payload: bytes) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    if len(payload) < HEADER_BYTES:
+        raise CorruptCacheEntryError(
+            f"{kind}: {len(payload)} bytes is shorter than the {HEADER_BYTES}-byte header"
+        )
+    magic, version, kind_code, dtype_code, ndim, *sizes = _HEADER.unpack_from(payload)
+    if magic != _MAGIC:
+        raise CorruptCacheEntryError(f"{kind}: bad magic {magic!r}")
+    if version != _FORMAT_VERSION:
+        raise CorruptCacheEntryError(f"{kind}: format version {version}, this code reads {_FORMAT_VERSION}")
+    if kind_code != _KIND_CODES[kind]:
+        raise CorruptCacheEntryError(f"{kind}: entry holds kind code {kind_code}")
+    if dtype_code != _DTYPE_FLOAT16 or ndim != 4:
+        raise CorruptCacheEntryError(f"{kind}: unsupported dtype code {dtype_code} / ndim {ndim}")
+    shape = tuple(sizes[0:4])
+    original_size = (sizes[4], sizes[5])
+    input_size = (sizes[6], sizes[7])
+    body = memoryview(payload)[HEADER_BYTES:]
+    expected = int(np.prod(shape)) * _STORED_DTYPE.itemsize
+    if len(body) != expected:
+        raise CorruptCacheEntryError(f"{kind}: body is {len(body)} bytes, shape {shape} needs {expected}")
+    array = np.frombuffer(body, dtype=_STORED_DTYPE).astype(np.float32).reshape(shape)
+    return array, original_size, input_size
+
+
+def encode_embedding(embedding: ImageEmbedding) -> bytes:
+    """Serialise an embedding: a 40-byte header then the (1, 256, 64, 64) array as float16 (2 MiB).
+
+    float16 keeps ~3 significant digits, far below the decoder's sensitivity, and halves Redis memory and
+    transfer. Values beyond the float16 range (+-65504) are clipped rather than turned into inf.
+    """
+    return _encode(KIND_EMBEDDING, embedding.embedding, embedding.original_size, embedding.input_size)
+
+
+def decode_embedding(payload: bytes) -> ImageEmbedding:
+    """Inverse of `encode_embedding`; the array comes back as float32. Raises `CorruptCacheEntryError`."""
+    array, original_size, input_size = _decode(KIND_EMBEDDING, payload)
+    if array.shape != EMBEDDING_SHAPE:
+        raise CorruptCacheEntryError(f"{KIND_EMBEDDING}: shape {array.shape}, expected {EMBEDDING_SHAPE}")
+    return ImageEmbedding(embedding=array, original_size=original_size, input_size=input_size)
+
+
+def encode_low_res_logits(logits: np.ndarray) -> bytes:
+    """Serialise (1, 1, 256, 256) low-res mask logits (256 low-res frame) as header + float16 (128 KiB).
+
+    SAM's low-res logits sit within about +-100 in practice, where float16 is exact to ~0.05 %; anything
+    beyond +-65504 is clipped, which leaves the mask (the sign) and the saturated sigmoid unchanged.
+    """
+    if tuple(logits.shape) != LOW_RES_LOGITS_SHAPE:
+        raise ValueError(f"low-res logits must have shape {LOW_RES_LOGITS_SHAPE}, got {logits.shape}")
+    return _encode(KIND_LOW_RES_LOGITS, logits, (0, 0), (0, 0))
+
+
+def decode_low_res_logits(payload: bytes) -> np.ndarray:
+    """Inverse of `encode_low_res_logits`: float32 (1, 1, 256, 256). Raises `CorruptCacheEntryError`."""
+    array, _, _ = _decode(KIND_LOW_RES_LOGITS, payload)
+    if array.shape != LOW_RES_LOGITS_SHAPE:
+        raise CorruptCacheEntryError(
+            f"{KIND_LOW_RES_LOGITS}: shape {array.shape}, expected {LOW_RES_LOGITS_SHAPE}"
+        )
+    return array
+
+
+# ---- keys ------------------------------------------------------------------------------------------------
+
+
+def image_id_hash(image_id: str) -> str:
+    """The 32-hex-digit digest that stands for a client image id in keys and logs."""
+    # surrogatepass: any Python str a client id decodes to hashes, lone surrogates included.
+    return hashlib.sha256(image_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def cache_key(model_id: str, image_id: str, kind: str) -> str:
+    """`sam:{model_id}:{sha256(image_id)[:32]}:{kind}`.
+
+    The model id (our own "model type + checkpoint sha prefix") namespaces every key so that an embedding
+    never reaches another model's decoder; the client's image id is only ever hashed, so its length and
+    characters cannot shape a key.
+    """
+    if not _MODEL_ID_RE.fullmatch(model_id):
+        raise ValueError(f"model id {model_id!r} must be 1-128 characters of [A-Za-z0-9_.-]")
+    if kind not in KINDS:
+        raise ValueError(f"cache kind {kind!r} is not one of {KINDS}")
+    return f"sam:{model_id}:{image_id_hash(image_id)}:{kind}"
+
+
+# ---- the interface ---------------------------------------------------------------------------------------
+
+
+class EmbeddingCache(abc.ABC):
+    """Per-(model, image) store of the image embedding and the last low-res logits, with a TTL.
+
+    Getters return None on a miss (absent, expired, evicted, or unreadable bytes). Any method of a shared
+    backend may raise `CacheUnavailable` when the backend cannot be reached in time. Backends implement
+    the byte-level `_fetch`, `_store` and `_remove`; encoding, keys and logging live here.
+    """
+
+    async def get_embedding(self, model_id: str, image_id: str) -> ImageEmbedding | None:
+        """The cached embedding, or None. Reading refreshes its TTL."""
+        key = cache_key(model_id, image_id, KIND_EMBEDDING)
+        (payload,) = await self._guarded("get", model_id, image_id, self._fetch([key]))
+        return self._decoded(decode_embedding, payload, model_id, image_id, KIND_EMBEDDING)
+
+    async def put_embedding(self, model_id: str, image_id: str, embedding: ImageEmbedding) -> int:
+        """Store an embedding; returns the bytes stored (0 if the memory backend cannot hold it)."""
+        key = cache_key(model_id, image_id, KIND_EMBEDDING)
+        return await self._guarded("put", model_id, image_id, self._store(key, encode_embedding(embedding)))
+
+    async def get_low_res_logits(self, model_id: str, image_id: str) -> np.ndarray | None:
+        """The cached (1, 1, 256, 256) float32 low-res logits, or None. Reading refreshes their TTL."""
+        key = cache_key(model_id, image_id, KIND_LOW_RES_LOGITS)
+        (payload,) = await self._guarded("get", model_id, image_id, self._fetch([key]))
+        return self._decoded(decode_low_res_logits, payload, model_id, image_id, KIND_LOW_RES_LOGITS)
+
+    async def put_low_res_logits(self, model_id: str, image_id: str, logits: np.ndarray) -> int:
+        """Store (1, 1, 256, 256) low-res logits; returns the bytes stored."""
+        key = cache_key(model_id, image_id, KIND_LOW_RES_LOGITS)
+        payload = encode_low_res_logits(logits)
+        return await self._guarded("put", model_id, image_id, self._store(key, payload))
+
+    async def get_all(self, model_id: str, image_id: str) -> tuple[ImageEmbedding | None, np.ndarray | None]:
+        """Embedding and low-res logits in one round trip (what the decoder needs per click)."""
+        keys = [cache_key(model_id, image_id, kind) for kind in KINDS]
+        emb_payload, logits_payload = await self._guarded("get_all", model_id, image_id, self._fetch(keys))
+        return (
+            self._decoded(decode_embedding, emb_payload, model_id, image_id, KIND_EMBEDDING),
+            self._decoded(decode_low_res_logits, logits_payload, model_id, image_id, KIND_LOW_RES_LOGITS),
+        )
+
+    async def delete(self, model_id: str, image_id: str) -> None:
+        """Forget everything cached for this image under this model."""
+        keys = [cache_key(model_id, image_id, kind) for kind in KINDS]
+        await self._guarded("delete", model_id, image_id, self._remove(keys))
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the backend answers now; never raises."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; the cache may still be used afterwards (it reconnects)."""
+
+    @abc.abstractmethod
+    async def _fetch(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Payloads for `keys` in order (None when absent), refreshing the TTL of those present."""
+
+    @abc.abstractmethod
+    async def _store(self, key: str, payload: bytes) -> int:
+        """Store `payload` with the TTL; returns the bytes stored."""
+
+    @abc.abstractmethod
+    async def _remove(self, keys: Sequence[str]) -> None:
+        """Delete `keys` (absent keys are fine)."""
+
+    @staticmethod
+    async def _guarded(op: str, model_id: str, image_id: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except CacheUnavailable as exc:
+            logger.warning(
+                "cache %s unavailable: model=%s image=%s: %s",
+                op,
+                model_id,
+                image_id_hash(image_id),
+                exc.reason,
+            )
+            raise
+
+    @staticmethod
+    def _decoded(
+        decode: Callable[[bytes], T], payload: bytes | None, model_id: str, image_id: str, kind: str
+    ) -> T | None:
+        if payload is None:
+            return None
+        try:
+            return decode(payload)
+        except CorruptCacheEntryError as exc:
+            # A stale format version or foreign bytes: recomputing is always correct, so it is a miss.
+            logger.warning(
+                "unreadable cache entry treated as a miss: model=%s image=%s kind=%s: %s",
+                model_id,
+                image_id_hash(image_id),
+                kind,
+                exc,
+            )
+            return None
+
+
+# ---- Redis ---------------------------------------------------------------------------------------------
+
+
+class RedisEmbeddingCache(EmbeddingCache):
+    """Shared cache in Redis: `SET key value PX ttl`, reads by `GETEX ... PX ttl` so active images stay.
+
+    Redis is expected to run with a `maxmemory` and an LRU policy, so writes evict old entries instead of
+    failing. Every Redis or socket error, and any operation exceeding `2 * timeout_s`, is raised as
+    `CacheUnavailable`; the connection pool reconnects on its own once Redis is back.
+
+    redis.asyncio clients are bound to the event loop that created their connections, so the client is
+    created lazily inside the running loop and recreated if a later call runs in a different loop.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: float,
+        timeout_s: float,
+        max_connections: int = 32,
+        health_check_interval_s: int = 15,
+    ) -> None:
+        if ttl_s <= 0 or timeout_s <= 0:
+            raise ValueError(f"ttl_s ({ttl_s}) and timeout_s ({timeout_s}) must be positive")
+        try:
+            parse_url(url)  # fail at start-up, not on the first request
+        except ValueError as exc:
+            raise ConfigurationError(f"bad Redis URL: {exc}", field="redis_url") from exc
+        self._url = url
+        self._ttl_ms = max(1, round(ttl_s * 1000))
+        self._timeout_s = timeout_s
+        # Bounds connect + command (+ waiting for a pooled connection) so a caller never hangs on Redis.
+        self._deadline_s = 2 * timeout_s
+        self._max_connections = max_connections
+        self._health_check_interval_s = health_check_interval_s
+        self._client: redis_asyncio.Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _new_client(self) -> redis_asyncio.Redis:
+        # A blocking pool makes a burst wait for a free connection instead of failing "Too many connections".
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
+            self._url,
+            max_connections=self._max_connections,
+            timeout=self._timeout_s,
+            socket_timeout=self._timeout_s,
+            socket_connect_timeout=self._timeout_s,
+            health_check_interval=self._health_check_interval_s,
+            # One immediate retry on connection errors only: it replaces a pooled socket that died while
+            # Redis restarted. Timeouts are not retried (the old `retry_on_timeout=False`): a slow Redis
+            # fails fast and the caller recomputes.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        return redis_asyncio.Redis.from_pool(pool)
+
+    def _client_for_running_loop(self) -> redis_asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            if self._client is not None:
+                # The old client's sockets belong to a finished loop and cannot be awaited from this one.
+                logger.debug("event loop changed: creating a new Redis client")
+            self._client = self._new_client()
+            self._loop = loop
+        return self._client
+
+    async def _call(self, op: str, command: Callable[[redis_asyncio.Redis], Awaitable[T]]) -> T:
+        client = self._client_for_running_loop()
+        try:
+            return await asyncio.wait_for(command(client), self._deadline_s)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise CacheUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _fetch(self, keys: Sequence[str]) -> list[bytes | None]:
+        async def getex(client: redis_asyncio.Redis) -> list[bytes | None]:
+            if len(keys) == 1:
+                values = [await client.getex(keys[0], px=self._ttl_ms)]
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.getex(key, px=self._ttl_ms)
+                    values = await pipe.execute()
+            assert all(v is None or isinstance(v, bytes) for v in values), "client must not decode responses"
+            return [v if isinstance(v, bytes) else None for v in values]
+
+        return await self._call("get", getex)
+
+    async def _store(self, key: str, payload: bytes) -> int:
+        await self._call("set", lambda client: client.set(key, payload, px=self._ttl_ms))
+        return len(payload)
+
+    async def _remove(self, keys: Sequence[str]) -> None:
+        await self._call("delete", lambda client: client.delete(*keys))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call("ping", lambda client: client.ping()))
+        except CacheUnavailable as exc:
+            logger.info("redis ping failed: %s", exc.reason)
+            return False
+
+    async def close(self) -> None:
+        client, loop = self._client, self._loop
+        self._client = self._loop = None
+        if client is not None and loop is asyncio.get_running_loop():
+            try:
+                await client.aclose()
+            except (RedisError, OSError) as exc:
+                logger.info("closing the Redis client: %s", exc)
+
+
+# ---- in-process ----------------------------------------------------------------------------------------
+
+
+class MemoryEmbeddingCache(EmbeddingCache):
+    """In-process LRU bounded by the total bytes of stored payloads, with the same TTL semantics as Redis.
+
+    Stores the same encoded bytes as Redis, so both backends return identical (float16-rounded) values and
+    the bound counts what is really held. Every get or put moves the entry to the recent end and restarts
+    its TTL; as all entries share one TTL, the least recently used entry is also the first to expire.
+    Operations never await while holding state, and a lock makes them safe from other threads too.
+    """
+
+    def __init__(self, *, max_bytes: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_bytes <= 0 or ttl_s <= 0:
+            raise ValueError(f"max_bytes ({max_bytes}) and ttl_s ({ttl_s}) must be positive")
+        self.max_bytes = max_bytes
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key -> (payload, expires_at)
+        self._total_bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of payload currently held (expired entries not yet purged included)."""
+        return self._total_bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _pop(self, key: str) -> None:
+        payload, _ = self._entries.pop(key)
+        self._total_bytes -= len(payload)
+
+    def _purge_expired(self, now: float) -> None:
+        while self._entries:
+            key, (_, expires_at) = next(iter(self._entries.items()))
+            if expires_at > now:
+                break
+            self._pop(key)
+
+    async def _fetch(self, keys: Sequence[str]) -> list[bytes | None]:
+        with self._lock:
+            now = self._clock()
+            self._purge_expired(now)
+            found: list[bytes | None] = []
+            for key in keys:
+                entry = self._entries.get(key)
+                if entry is None:
+                    found.append(None)
+                    continue
+                self._entries[key] = (entry[0], now + self._ttl_s)
+                self._entries.move_to_end(key)
+                found.append(entry[0])
+            return found
+
+    async def _store(self, key: str, payload: bytes) -> int:
+        with self._lock:
+            now = self._clock()
+            if key in self._entries:
+                self._pop(key)
+            self._purge_expired(now)
+            if len(payload) > self.max_bytes:
+                logger.warning(
+                    "value of %d bytes exceeds the memory cache bound %d", len(payload), self.max_bytes
+                )
+                return 0
+            while self._total_bytes + len(payload) > self.max_bytes:
+                self._pop(next(iter(self._entries)))
+            self._entries[key] = (payload, now + self._ttl_s)
+            self._total_bytes += len(payload)
+            return len(payload)
+
+    async def _remove(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            for key in keys:
+                if key in self._entries:
+                    self._pop(key)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        """Nothing to release: the entries belong to the process and stay usable, as Redis's would."""
+
+
+def make_cache(redis_url: str | None, *, ttl_s: int, timeout_s: float, memory_bytes: int) -> EmbeddingCache:
+    """Redis when a URL is configured (shared across replicas), else the in-process LRU."""
+    if redis_url:
+        return RedisEmbeddingCache(redis_url, ttl_s=ttl_s, timeout_s=timeout_s)
+    return MemoryEmbeddingCache(max_bytes=memory_bytes, ttl_s=ttl_s)

@@ -1,0 +1,102 @@
+"""Typed errors for sam-serve, each with the HTTP status it maps to.
+
+This is the one place where an error kind meets its status code; the HTTP layer reads `http_status`,
+`field` and `reason` and never guesses from a message. Nothing here imports anything of ours.
+"""
+
+from __future__ import annotations
+
+
+class SamServeError(Exception):
+    """Base of every error sam-serve raises on purpose."""
+
+    http_status: int = 500
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.reason = reason
+        self.field = field
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The JSON body a client sees: the field at fault and why, never a traceback."""
+        return {"error": type(self).__name__, "field": self.field, "reason": self.reason}
+
+
+# ---- client errors (4xx) ------------------------------------------------------------------------------
+
+
+class InvalidInput(SamServeError):
+    """A request field has the wrong shape, type or value."""
+
+    http_status = 422
+
+
+class ImageDecodeError(InvalidInput):
+    """The bytes are not a readable image (not an image, truncated, corrupt)."""
+
+    http_status = 400
+
+
+class UnsupportedImageFormat(InvalidInput):
+    """The image decodes but its format is not one we accept."""
+
+    http_status = 415
+
+
+class ImageTooLarge(InvalidInput):
+    """Too many bytes or too many pixels (decompression bombs included)."""
+
+    http_status = 413
+
+
+class URLInputRefused(InvalidInput):
+    """URL input is disabled, or the URL points somewhere we refuse to fetch."""
+
+    http_status = 403
+
+
+class URLFetchError(InvalidInput):
+    """The URL could not be fetched (HTTP error, timeout, too large)."""
+
+    http_status = 400
+
+
+class CacheMiss(SamServeError):
+    """No cached embedding for this image id: the client must send the image."""
+
+    http_status = 404
+
+
+class UnknownModel(InvalidInput):
+    """A model type or version id that this service does not serve."""
+
+    http_status = 404
+
+
+# ---- server-side errors --------------------------------------------------------------------------------
+
+
+class CacheUnavailable(SamServeError):
+    """The shared cache could not be reached in time; requests carrying the image can still succeed."""
+
+    http_status = 503
+
+
+class CheckpointError(SamServeError):
+    """A checkpoint is missing, fails its checksum, or does not fit the model type."""
+
+    http_status = 500
+
+
+class ChecksumMismatch(CheckpointError):
+    """A checkpoint file's sha256 (or size) differs from the expected value: the file is never used."""
+
+
+class DownloadError(CheckpointError):
+    """A checkpoint download failed (network, HTTP status, truncated transfer)."""
+
+
+class ConfigurationError(SamServeError):
+    """Settings that cannot work (unknown device, bad Redis URL, ...), reported at start-up."""
+
+    http_status = 500

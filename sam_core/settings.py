@@ -1,0 +1,85 @@
+"""One settings model for the whole service, read from arguments with `SAM_*` environment overrides.
+
+Every knob lives here so that no module reads `os.environ` itself; the Ray Serve application builder and the
+CLI both construct `Settings` and pass it (or the parts they need) down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    """Where downloaded checkpoints and exported decoders live unless configured otherwise."""
+    return Path.home() / ".cache" / "sam-serve"
+
+
+class ImageLimits(BaseSettings):
+    """What an input image may be; enforced before any pixel reaches the model."""
+
+    model_config = SettingsConfigDict(env_prefix="SAM_IMAGE_", extra="forbid")
+
+    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="largest encoded image accepted")
+    max_pixels: int = Field(
+        default=50_000_000, gt=0, description="largest width*height accepted (decompression bombs)"
+    )
+    max_side: int = Field(default=16_384, gt=0, description="longest side accepted, in pixels")
+    formats: tuple[str, ...] = Field(
+        default=("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"), description="PIL format names accepted"
+    )
+    allow_url: bool = Field(default=False, description="fetch http(s) image URLs (off: SSRF risk)")
+    url_timeout_s: float = Field(default=10.0, gt=0)
+    allow_private_urls: bool = Field(
+        default=False, description="allow URLs resolving to private/loopback addresses (tests only)"
+    )
+
+
+class Settings(BaseSettings):
+    """Service configuration. Field `x` is overridden by the environment variable `SAM_X`."""
+
+    model_config = SettingsConfigDict(env_prefix="SAM_", extra="forbid")
+
+    model_type: str = Field(default="vit_h", description="a key of sam_core.models.MODEL_REGISTRY")
+    checkpoint: str | None = Field(
+        default=None,
+        description="local checkpoint path; when unset the official checkpoint is downloaded to cache_dir",
+    )
+    checkpoint_url: str | None = Field(
+        default=None, description="download the checkpoint from this mirror instead of the official URL"
+    )
+    checkpoint_sha256: str | None = Field(
+        default=None, description="expected sha256 of the checkpoint; overrides the registry's value"
+    )
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'")
+    encoder_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32", description="autocast dtype of the image encoder (reduced precision on GPU)"
+    )
+    decoder_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = CPUs")
+    decoder_providers: tuple[str, ...] = Field(default=("CPUExecutionProvider",))
+    decoder_quantize: bool = Field(default=False, description="int8 dynamic quantisation of the decoder")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db; None = in-memory cache")
+    cache_ttl_s: int = Field(default=3600, gt=0, description="time to live of every cached entry")
+    cache_timeout_s: float = Field(default=0.5, gt=0, description="Redis socket timeout per operation")
+    memory_cache_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="in-memory LRU bound")
+    images: ImageLimits = Field(default_factory=ImageLimits)
+
+    @field_validator("device")
+    @classmethod
+    def _device_is_known(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:"):
+            return value
+        raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda, cuda:N or mps")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {value!r}")
+        return value

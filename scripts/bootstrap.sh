@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up .venv with everything sam-serve and its tests need; safe to run again (it skips what is there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+fi
+
+# torch first, pinned: this machine keeps these CPU/CUDA wheels on disk; elsewhere pip fetches them.
+if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
+  .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+fi
+.venv/bin/python -m pip install -q -e ".[dev]"
+
+# The tests start their own redis-server processes; install the server if the machine lacks it.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "bootstrap: redis-server not found; install Redis 7 and re-run" >&2
+    exit 1
+  fi
+fi
+echo "bootstrap: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

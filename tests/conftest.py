@@ -1,0 +1,165 @@
+"""Shared test fixtures: a private Redis server (never the system Redis on 6379) and the tiny SAM model."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from sam_core.decoder import OnnxDecoder
+from sam_core.models import LoadedModel, load_model, make_random_checkpoint
+
+# ---- Redis ---------------------------------------------------------------------------------------------
+
+REDIS_MAXMEMORY = "64mb"
+REDIS_START_DEADLINE_S = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A throwaway `redis-server` on 127.0.0.1:`port`: no persistence, LRU eviction under `maxmemory`.
+
+    `stop()` and `start()` let fault tests take it away and bring it back on the same port.
+    """
+
+    def __init__(self, executable: str, port: int, workdir: Path) -> None:
+        self.executable = executable
+        self.port = port
+        self.workdir = workdir
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def client(self) -> redis.Redis:
+        """A synchronous client for test set-up and inspection."""
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0)
+
+    def start(self) -> None:
+        """Start the server (no-op when running) and return once it answers PING."""
+        if self.running:
+            return
+        log = (self.workdir / "redis.log").open("ab")
+        options = {
+            "--port": str(self.port),
+            "--bind": "127.0.0.1",
+            "--save": "",
+            "--appendonly": "no",
+            "--maxmemory": REDIS_MAXMEMORY,
+            "--maxmemory-policy": "allkeys-lru",
+            "--dir": str(self.workdir),
+        }
+        self._process = subprocess.Popen(
+            [self.executable, *itertools.chain.from_iterable(options.items())],
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self._wait_for_ping()
+
+    def _wait_for_ping(self) -> None:
+        deadline = time.monotonic() + REDIS_START_DEADLINE_S
+        last_error: Exception | None = None
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                if not self.running:
+                    break
+                try:
+                    if client.ping():
+                        return
+                except redis.RedisError as exc:
+                    last_error = exc
+                time.sleep(0.02)
+        log_tail = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
+        self.stop()
+        raise RuntimeError(
+            f"redis-server on port {self.port} did not answer PING ({last_error}):\n{log_tail}"
+        )
+
+    def stop(self) -> None:
+        """Stop the server and wait until it has exited."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the session, on a free port, killed at the end."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not on PATH")
+    server = RedisServer(executable, _free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private server's URL with an empty database and the default maxmemory.
+
+    Restarts the server first if a fault test left it stopped.
+    """
+    redis_server.start()
+    with redis_server.client() as client:
+        client.config_set("maxmemory", REDIS_MAXMEMORY)
+        client.flushdb()
+    return redis_server.url
+
+
+# ---- the tiny random-weight SAM ------------------------------------------------------------------------
+
+TINY_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random-weight vit_tiny checkpoint file (real prompt encoder and mask decoder)."""
+    path, _ = make_random_checkpoint(
+        "vit_tiny", tmp_path_factory.mktemp("checkpoints") / "sam_vit_tiny.pth", seed=TINY_SEED
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The tiny checkpoint loaded through the same loader as official ones, on the CPU."""
+    return load_model(
+        "vit_tiny", checkpoint=tiny_checkpoint, cache_dir=tmp_path_factory.mktemp("model-cache"), device="cpu"
+    )
+
+
+@pytest.fixture(scope="session")
+def decoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tests' exported ONNX decoders live (shared by the session: export once)."""
+    return tmp_path_factory.mktemp("decoders")
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tiny_model: LoadedModel, decoder_dir: Path) -> OnnxDecoder:
+    """The tiny model's ONNX decoders (single- and multi-mask), two intra-op threads."""
+    return OnnxDecoder.for_model(tiny_model.sam, tiny_model.identity, decoder_dir, threads=2)

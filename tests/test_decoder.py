@@ -1,0 +1,152 @@
+"""The ONNX decoder reproduces SamPredictor.predict on the same weights (fidelity, fresh random inputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from segment_anything import SamPredictor
+
+from sam_core.cache import decode_embedding, encode_embedding
+from sam_core.decoder import OnnxDecoder, decoder_filename, ensure_decoder_file
+from sam_core.embedding import ImageEmbedding
+from sam_core.encoder import ImageEncoder
+from sam_core.errors import InvalidInput
+from sam_core.models import LoadedModel
+from sam_core.prompts import build_prompt
+
+MAX_RELATIVE_L2 = 1e-3
+
+
+def relative_l2(got: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+@pytest.fixture
+def scene(tiny_model: LoadedModel) -> tuple[SamPredictor, ImageEmbedding, np.random.Generator]:
+    """A fresh random image, set on a predictor and embedded by our encoder."""
+    rng = np.random.default_rng()
+    height, width = (int(v) for v in rng.integers(200, 1400, size=2))
+    image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    predictor = SamPredictor(tiny_model.sam)
+    predictor.set_image(image)
+    return predictor, ImageEncoder(tiny_model.sam).embed(image), rng
+
+
+def random_points(rng: np.random.Generator, size: tuple[int, int], n: int) -> np.ndarray:
+    height, width = size
+    return np.stack([rng.uniform(0, width - 1, n), rng.uniform(0, height - 1, n)], axis=1).round(1)
+
+
+def test_one_click_matches_predictor_best_multimask(tiny_decoder: OnnxDecoder, scene: tuple) -> None:
+    # One click + padding = 2 rows: the single-mask model returns the best of the three multimask outputs.
+    predictor, embedding, rng = scene
+    points = random_points(rng, embedding.original_size, 1)
+    out = tiny_decoder.decode(embedding, build_prompt(points.tolist(), [1], embedding.original_size))
+    masks, scores, _ = predictor.predict(points, np.array([1]), multimask_output=True, return_logits=True)
+    assert out.mask_logits.shape == (1, *embedding.original_size)
+    assert relative_l2(out.mask_logits[0], masks[int(np.argmax(scores))]) <= MAX_RELATIVE_L2
+
+
+def test_several_clicks_match_predictor_single_mask(tiny_decoder: OnnxDecoder, scene: tuple) -> None:
+    predictor, embedding, rng = scene
+    points = random_points(rng, embedding.original_size, 3)
+    labels = np.array([1, 0, 1])
+    prompt = build_prompt(points.tolist(), labels.tolist(), embedding.original_size)
+    out = tiny_decoder.decode(embedding, prompt)
+    masks, scores, low_res = predictor.predict(points, labels, multimask_output=False, return_logits=True)
+    assert relative_l2(out.mask_logits[0], masks[0]) <= MAX_RELATIVE_L2
+    assert relative_l2(out.low_res_logits[0], low_res[0]) <= MAX_RELATIVE_L2
+    np.testing.assert_allclose(out.iou_scores, scores, atol=1e-4)
+
+
+def test_box_matches_predictor_multimask(tiny_decoder: OnnxDecoder, scene: tuple) -> None:
+    predictor, embedding, rng = scene
+    height, width = embedding.original_size
+    x0, x1 = sorted(rng.uniform(0, width - 1, 2).round(1))
+    y0, y1 = sorted(rng.uniform(0, height - 1, 2).round(1))
+    box = [x0, y0, x1 + 1, y1 + 1]
+    out = tiny_decoder.decode(
+        embedding, build_prompt([], [], embedding.original_size, box=box), multimask=True
+    )
+    masks, scores, low_res = predictor.predict(box=np.array(box), multimask_output=True, return_logits=True)
+    assert out.mask_logits.shape == masks.shape
+    assert relative_l2(out.mask_logits, masks) <= MAX_RELATIVE_L2
+    assert relative_l2(out.low_res_logits, low_res) <= MAX_RELATIVE_L2
+    np.testing.assert_allclose(out.iou_scores, scores, atol=1e-4)
+
+
+def test_points_and_box_match_predictor(tiny_decoder: OnnxDecoder, scene: tuple) -> None:
+    predictor, embedding, rng = scene
+    height, width = embedding.original_size
+    box = [width * 0.1, height * 0.2, width * 0.8, height * 0.9]
+    points = random_points(rng, embedding.original_size, 2)
+    labels = np.array([1, 0])
+    prompt = build_prompt(points.tolist(), labels.tolist(), embedding.original_size, box=box)
+    out = tiny_decoder.decode(embedding, prompt)
+    masks, _, _ = predictor.predict(
+        points, labels, box=np.array(box), multimask_output=False, return_logits=True
+    )
+    assert relative_l2(out.mask_logits[0], masks[0]) <= MAX_RELATIVE_L2
+
+
+def test_mask_input_matches_predictor(tiny_decoder: OnnxDecoder, scene: tuple) -> None:
+    predictor, embedding, rng = scene
+    points = random_points(rng, embedding.original_size, 2)
+    labels = np.array([1, 1])
+    mask_input = rng.normal(0, 5, size=(1, 1, 256, 256)).astype(np.float32)
+    prompt = build_prompt(points.tolist(), labels.tolist(), embedding.original_size)
+    out = tiny_decoder.decode(embedding, prompt, mask_input=mask_input)
+    masks, _, _ = predictor.predict(
+        points, labels, mask_input=mask_input[0], multimask_output=False, return_logits=True
+    )
+    assert relative_l2(out.mask_logits[0], masks[0]) <= MAX_RELATIVE_L2
+
+
+def test_fp16_cache_round_trip_keeps_masks(tiny_decoder: OnnxDecoder, scene: tuple) -> None:
+    _, embedding, rng = scene
+    restored = decode_embedding(encode_embedding(embedding))
+    for _ in range(5):
+        points = random_points(rng, embedding.original_size, 2)
+        prompt = build_prompt(points.tolist(), [1, 0], embedding.original_size)
+        exact = tiny_decoder.decode(embedding, prompt).masks
+        cached = tiny_decoder.decode(restored, prompt).masks
+        assert iou(exact, cached) >= 0.99
+
+
+def test_wrong_mask_input_shape_is_refused(tiny_decoder: OnnxDecoder, scene: tuple) -> None:
+    _, embedding, _ = scene
+    prompt = build_prompt([[1, 1]], [1], embedding.original_size)
+    with pytest.raises(InvalidInput) as raised:
+        tiny_decoder.decode(embedding, prompt, mask_input=np.zeros((1, 256, 256), dtype=np.float32))
+    assert raised.value.field == "mask_input"
+
+
+def test_exported_decoder_is_reused_from_cache(tiny_model: LoadedModel, decoder_dir: Path) -> None:
+    path = decoder_dir / decoder_filename(tiny_model.identity, multimask=False, quantized=False)
+    assert path.exists()
+    before = path.stat().st_mtime_ns
+    again = ensure_decoder_file(None, tiny_model.identity, decoder_dir, multimask=False, quantized=False)
+    assert again == path and path.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_int8_decoder_stays_close_to_fp32(
+    tiny_model: LoadedModel, tiny_decoder: OnnxDecoder, decoder_dir: Path, scene: tuple
+) -> None:
+    _, embedding, rng = scene
+    quantized = OnnxDecoder.for_model(tiny_model.sam, tiny_model.identity, decoder_dir, quantized=True)
+    ious = []
+    for _ in range(5):
+        points = random_points(rng, embedding.original_size, 2)
+        prompt = build_prompt(points.tolist(), [1, 1], embedding.original_size)
+        ious.append(
+            iou(tiny_decoder.decode(embedding, prompt).masks, quantized.decode(embedding, prompt).masks)
+        )
+    assert float(np.mean(ious)) >= 0.9, ious
