@@ -49,9 +49,7 @@ def main() -> None:
         encoder = ImageEncoder(tiny.sam)
         encoder.embed(image)  # warm-up
         embed_times = timed(lambda: encoder.embed(image), 5)
-        rows.append(
-            ("vit_tiny embed, 1 image (median of 5)", f"{statistics.median(embed_times) * 1e3:.0f} ms")
-        )
+        rows.append(("vit_tiny embed, 1 image (median of 5)", f"{statistics.median(embed_times) * 1e3:.0f} ms"))
         batch_times = timed(lambda: encoder.embed_batch([image] * 4), 2)
         rows.append(("vit_tiny embed, batch of 4 (per image)", f"{min(batch_times) / 4 * 1e3:.0f} ms"))
 
@@ -76,9 +74,7 @@ def main() -> None:
             base = load_model("vit_b", checkpoint=path_b, cache_dir=work, device="cpu")
             started = time.perf_counter()
             ImageEncoder(base.sam).embed(image)
-            rows.append(
-                ("vit_b (random weights) embed, 1 image, one run", f"{time.perf_counter() - started:.1f} s")
-            )
+            rows.append(("vit_b (random weights) embed, 1 image, one run", f"{time.perf_counter() - started:.1f} s"))
 
     width = max(len(name) for name, _ in rows)
     print(f"torch {torch.__version__}, {threads} CPUs, device cpu")

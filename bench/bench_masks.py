@@ -209,10 +209,7 @@ def main() -> None:
 def table(
     rows: list[tuple[str, Callable[[], object], Callable[[], object] | None]], repeats: int, seed_label: str
 ) -> None:
-    print(
-        f"{'encoding':44} {'encode ms':>10} {'decode ms':>10} {'bytes':>12} "
-        f"{'x seed bytes':>13} {'x seed ms':>10}"
-    )
+    print(f"{'encoding':44} {'encode ms':>10} {'decode ms':>10} {'bytes':>12} {'x seed bytes':>13} {'x seed ms':>10}")
     seed_ms = seed_bytes = None
     for label, encode, decode in rows:
         encode_ms, encoded = median_ms(encode, repeats)

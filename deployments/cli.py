@@ -177,9 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    make = commands.add_parser(
-        "make-checkpoint", help="save a seeded random-weight SAM (offline runs, tests)"
-    )
+    make = commands.add_parser("make-checkpoint", help="save a seeded random-weight SAM (offline runs, tests)")
     make.add_argument("--model-type", default="vit_tiny")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--out", required=True)
@@ -199,9 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--encoder-dtype", choices=["float32", "float16", "bfloat16"])
     segment.add_argument("--quantize", action="store_true", help="int8 decoder")
     segment.add_argument("--image", required=True, help="image file")
-    segment.add_argument(
-        "--point", type=_parse_point, action="append", help="x,y[,label] in image pixels; repeatable"
-    )
+    segment.add_argument("--point", type=_parse_point, action="append", help="x,y[,label] in image pixels; repeatable")
     segment.add_argument("--box", type=_parse_box, help="x0,y0,x1,y1 in image pixels")
     segment.add_argument("--multimask", action="store_true", help="three candidate masks, best one written")
     segment.add_argument("--format", choices=["polygon", "rle", "none"], default="polygon")
@@ -213,9 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args))
     except SamServeError as exc:

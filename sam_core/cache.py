@@ -65,9 +65,7 @@ class CorruptCacheEntryError(ValueError):
     """
 
 
-def _encode(
-    kind: str, array: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]
-) -> bytes:
+def _encode(kind: str, array: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]) -> bytes:
     if array.ndim != 4:
         raise ValueError(f"{kind}: expected a 4-d array, got shape {array.shape}")
     try:
@@ -90,9 +88,7 @@ def _encode(
 
 def _decode(kind: str, payload: bytes) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     if len(payload) < HEADER_BYTES:
-        raise CorruptCacheEntryError(
-            f"{kind}: {len(payload)} bytes is shorter than the {HEADER_BYTES}-byte header"
-        )
+        raise CorruptCacheEntryError(f"{kind}: {len(payload)} bytes is shorter than the {HEADER_BYTES}-byte header")
     magic, version, kind_code, dtype_code, ndim, *sizes = _HEADER.unpack_from(payload)
     if magic != _MAGIC:
         raise CorruptCacheEntryError(f"{kind}: bad magic {magic!r}")
@@ -145,9 +141,7 @@ def decode_low_res_logits(payload: bytes) -> np.ndarray:
     """Inverse of `encode_low_res_logits`: float32 (1, 1, 256, 256). Raises `CorruptCacheEntryError`."""
     array, _, _ = _decode(KIND_LOW_RES_LOGITS, payload)
     if array.shape != LOW_RES_LOGITS_SHAPE:
-        raise CorruptCacheEntryError(
-            f"{KIND_LOW_RES_LOGITS}: shape {array.shape}, expected {LOW_RES_LOGITS_SHAPE}"
-        )
+        raise CorruptCacheEntryError(f"{KIND_LOW_RES_LOGITS}: shape {array.shape}, expected {LOW_RES_LOGITS_SHAPE}")
     return array
 
 
@@ -449,9 +443,7 @@ class MemoryEmbeddingCache(EmbeddingCache):
                 self._pop(key)
             self._purge_expired(now)
             if len(payload) > self.max_bytes:
-                logger.warning(
-                    "value of %d bytes exceeds the memory cache bound %d", len(payload), self.max_bytes
-                )
+                logger.warning("value of %d bytes exceeds the memory cache bound %d", len(payload), self.max_bytes)
                 return 0
             while self._total_bytes + len(payload) > self.max_bytes:
                 self._pop(next(iter(self._entries)))

@@ -125,9 +125,7 @@ def verify_checkpoint(
     `<file>.sha256` for the file's current (size, mtime_ns) is trusted instead of rehashing, and a freshly
     verified hash is cached there.
     """
-    digests = _verify(
-        path, sha256=sha256, size_bytes=size_bytes, md5_prefix=md5_prefix, use_sidecar=use_sidecar
-    )
+    digests = _verify(path, sha256=sha256, size_bytes=size_bytes, md5_prefix=md5_prefix, use_sidecar=use_sidecar)
     return digests[0]
 
 
@@ -141,9 +139,7 @@ def _verify(
         raise CheckpointError(f"checkpoint {path} does not exist", field="checkpoint") from None
     # Size first: it is free and catches truncated files without hashing gigabytes.
     if size_bytes is not None and before.st_size != size_bytes:
-        raise ChecksumMismatch(
-            f"size check failed for {path}: expected {size_bytes} bytes, got {before.st_size} bytes"
-        )
+        raise ChecksumMismatch(f"size check failed for {path}: expected {size_bytes} bytes, got {before.st_size} bytes")
     need_md5 = md5_prefix is not None
     digests = _read_sidecar(path, before, need_md5=need_md5) if use_sidecar else None
     fresh = digests is None
@@ -161,13 +157,10 @@ def _verify(
                 if md5_matches
                 else f" (its MD5 {got_md5} does not start with {md5_prefix} as its name says either)"
             )
-        raise ChecksumMismatch(
-            f"sha256 check failed for {path}: expected {expected_sha}, got {got_sha}{note}"
-        )
+        raise ChecksumMismatch(f"sha256 check failed for {path}: expected {expected_sha}, got {got_sha}{note}")
     if not md5_matches:
         raise ChecksumMismatch(
-            f"md5 prefix check failed for {path}: the file name says its MD5 starts with {md5_prefix}, "
-            f"got {got_md5}"
+            f"md5 prefix check failed for {path}: the file name says its MD5 starts with {md5_prefix}, got {got_md5}"
         )
     if use_sidecar and fresh:
         with contextlib.suppress(FileNotFoundError):
@@ -328,9 +321,7 @@ def _download_locked(
     failures = 0
     log.info("downloading %s to %s", shown, dest)
     # identity encoding: byte ranges must count file bytes, not compressed ones.
-    with httpx.Client(
-        timeout=timeout_s, follow_redirects=True, headers={"Accept-Encoding": "identity"}
-    ) as client:
+    with httpx.Client(timeout=timeout_s, follow_redirects=True, headers={"Accept-Encoding": "identity"}) as client:
         while True:
             try:
                 if _fetch_into(client, url, part, size_bytes=size_bytes, progress=progress, label=dest.name):
@@ -353,9 +344,7 @@ def _download_locked(
                 )
                 time.sleep(delay)
     try:
-        digests = _verify(
-            part, sha256=sha256, size_bytes=size_bytes, md5_prefix=md5_prefix, use_sidecar=False
-        )
+        digests = _verify(part, sha256=sha256, size_bytes=size_bytes, md5_prefix=md5_prefix, use_sidecar=False)
     except ChecksumMismatch:
         # Resuming wrong bytes can never succeed: the next attempt must start from zero.
         part.unlink(missing_ok=True)

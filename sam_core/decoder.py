@@ -253,9 +253,7 @@ class OnnxDecoder:
             has_mask = np.zeros(1, dtype=np.float32)
         else:
             if mask_input.shape != LOW_RES_SHAPE:
-                raise InvalidInput(
-                    f"must have shape {LOW_RES_SHAPE}, got {mask_input.shape}", field="mask_input"
-                )
+                raise InvalidInput(f"must have shape {LOW_RES_SHAPE}, got {mask_input.shape}", field="mask_input")
             mask = np.ascontiguousarray(mask_input, dtype=np.float32)
             has_mask = np.ones(1, dtype=np.float32)
         session = self.multi if multimask else self.single

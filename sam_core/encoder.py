@@ -68,9 +68,7 @@ class ImageEncoder:
         import torch
 
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InvalidInput(
-                f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}", field="image"
-            )
+            raise InvalidInput(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}", field="image")
         original_size = (int(image.shape[0]), int(image.shape[1]))
         resized = self.transform.apply_image(image)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None, :, :, :]

@@ -50,9 +50,7 @@ NPY_FORMAT = "NPY"
 MAX_REDIRECTS = 3
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Cloud metadata endpoints: already link-local / unique-local, listed so the refusal says what they are.
-_METADATA_ADDRESSES = frozenset(
-    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
-)
+_METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
 _DATA_URL_PREFIX = "data:"
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -302,9 +300,7 @@ def decode_numpy_array(array: np.ndarray, limits: ImageLimits, *, field: str = "
     contiguous = np.ascontiguousarray(array)
     encoded = io.BytesIO()
     np.save(encoded, contiguous, allow_pickle=False)
-    return LoadedImage(
-        pixels=_array_to_rgb(contiguous), content_sha256=_sha256(encoded.getvalue()), format=NPY_FORMAT
-    )
+    return LoadedImage(pixels=_array_to_rgb(contiguous), content_sha256=_sha256(encoded.getvalue()), format=NPY_FORMAT)
 
 
 def _check_array_shape(shape: tuple[int, ...], limits: ImageLimits, field: str) -> None:
@@ -344,9 +340,7 @@ def fetch_image_url(url: str, limits: ImageLimits, *, field: str = "image.value"
         )
     deadline = time.monotonic() + limits.url_timeout_s
     current = url
-    with httpx.Client(
-        timeout=httpx.Timeout(limits.url_timeout_s), follow_redirects=False, trust_env=False
-    ) as client:
+    with httpx.Client(timeout=httpx.Timeout(limits.url_timeout_s), follow_redirects=False, trust_env=False) as client:
         for _hop in range(MAX_REDIRECTS + 1):
             target = _checked_target(current, limits, field)
             outcome = _fetch_pinned(client, target, limits, field, deadline)
@@ -395,14 +389,10 @@ def _checked_target(url: str, limits: ImageLimits, field: str) -> _Target:
     )
     bare_host = f"[{host}]" if ":" in host else host
     default_port = port == (443 if scheme == "https" else 80)
-    return _Target(
-        host=host, host_header=bare_host if default_port else f"{bare_host}:{port}", pinned_urls=pinned_urls
-    )
+    return _Target(host=host, host_header=bare_host if default_port else f"{bare_host}:{port}", pinned_urls=pinned_urls)
 
 
-def _refused_address_kind(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool
-) -> str | None:
+def _refused_address_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool) -> str | None:
     """Why an address is off limits for server-side fetches, or None when it may be fetched.
 
     Metadata, multicast and unspecified addresses are refused even with `allow_private`: no image lives
@@ -449,15 +439,11 @@ def _fetch_once(
     """
     headers = {"Host": target.host_header, "Accept": "image/*", "Accept-Encoding": "identity"}
     try:
-        with client.stream(
-            "GET", pinned_url, headers=headers, extensions={"sni_hostname": target.host}
-        ) as response:
+        with client.stream("GET", pinned_url, headers=headers, extensions={"sni_hostname": target.host}) as response:
             if response.status_code in _REDIRECT_STATUSES:
                 location = response.headers.get("location")
                 if not location:
-                    raise URLFetchError(
-                        f"HTTP {response.status_code} redirect without a Location", field=field
-                    )
+                    raise URLFetchError(f"HTTP {response.status_code} redirect without a Location", field=field)
                 return location
             if not 200 <= response.status_code < 300:
                 raise URLFetchError(
@@ -474,9 +460,7 @@ def _fetch_once(
                 # buffer an unbounded body.
                 _check_byte_count(len(body), limits, field)
                 if time.monotonic() > deadline:
-                    raise URLFetchError(
-                        f"the download took longer than {limits.url_timeout_s} s", field=field
-                    )
+                    raise URLFetchError(f"the download took longer than {limits.url_timeout_s} s", field=field)
             return bytes(body)
     except httpx.ConnectError:
         raise  # the caller may try the host's next address
@@ -498,9 +482,7 @@ def load_image(kind: str, value: object, limits: ImageLimits, *, field: str = "i
     """
     type_field, value_field = f"{field}.type", f"{field}.value"
     if kind == "file":
-        raise URLInputRefused(
-            "reading server files is not allowed; send the image as base64", field=type_field
-        )
+        raise URLInputRefused("reading server files is not allowed; send the image as base64", field=type_field)
     if kind in ("pil", "multipart"):
         raise InvalidInput(
             f"image type {kind!r} is not supported over this API; use base64, url or numpy", field=type_field

@@ -124,9 +124,7 @@ _JSON_NUMBER_TYPES = (int, float)
 
 def _is_number(value: object) -> bool:
     # bool is an int subclass: true/false in JSON must not pass for coordinates.
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)
-    )
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def _is_point(value: object) -> bool:
@@ -284,8 +282,7 @@ def decode_npy(
     data_bytes = math.prod(shape) * dtype.itemsize
     if len(raw) - stream.tell() != data_bytes:
         raise InvalidInput(
-            f"array data is {len(raw) - stream.tell()} bytes; "
-            f"shape {tuple(shape)} of {dtype} needs {data_bytes}",
+            f"array data is {len(raw) - stream.tell()} bytes; shape {tuple(shape)} of {dtype} needs {data_bytes}",
             field=field,
         )
     stream.seek(0)
@@ -410,9 +407,7 @@ def decode_rle(rle: object, *, field: str = "mask", max_pixels: int = MAX_DECODE
         raise InvalidInput("RLE counts must be a COCO compressed string", field=field)
     runs = _coco_run_lengths(counts, field)
     if int(runs.sum()) != height * width:
-        raise InvalidInput(
-            f"RLE runs cover {int(runs.sum())} pixels; size needs {height * width}", field=field
-        )
+        raise InvalidInput(f"RLE runs cover {int(runs.sum())} pixels; size needs {height * width}", field=field)
     # The runs are in hand and checked, so numpy expands them (pycocotools' decode would re-parse the string).
     column_major = np.repeat(np.arange(runs.size) % 2 == 1, runs)
     return np.ascontiguousarray(column_major.reshape(width, height).T)
@@ -488,9 +483,7 @@ def decode_packed(data: bytes, *, field: str = "mask") -> np.ndarray:
     if magic != PACKED_MAGIC:
         raise InvalidInput("not a packed mask (bad magic)", field=field)
     if version != PACKED_VERSION:
-        raise InvalidInput(
-            f"packed mask version {version} unsupported (this reads {PACKED_VERSION})", field=field
-        )
+        raise InvalidInput(f"packed mask version {version} unsupported (this reads {PACKED_VERSION})", field=field)
     if ndim > PACKED_MAX_NDIM:
         raise InvalidInput(f"packed mask has {ndim} dims; at most {PACKED_MAX_NDIM}", field=field)
     payload_start = _PACKED_HEAD.size + 4 * ndim
@@ -514,9 +507,7 @@ def decode_packed(data: bytes, *, field: str = "mask") -> np.ndarray:
 
 def embedding_to_npy(embedding: np.ndarray) -> bytes:
     """The seed's binary `embed_image` body: `np.save` of the float32 (1, 256, 64, 64) embedding."""
-    assert embedding.shape == EMBEDDING_SHAPE, (
-        f"embedding shape {embedding.shape}, expected {EMBEDDING_SHAPE}"
-    )
+    assert embedding.shape == EMBEDDING_SHAPE, f"embedding shape {embedding.shape}, expected {EMBEDDING_SHAPE}"
     stream = io.BytesIO()
     np.save(stream, np.ascontiguousarray(embedding, dtype=np.float32))
     return stream.getvalue()
@@ -557,9 +548,7 @@ def segment_to_npz(masks: np.ndarray, low_res_masks: np.ndarray) -> bytes:
     masks_bool = masks > 0 if np.issubdtype(masks.dtype, np.floating) else _as_bool_mask(masks)
     stream = io.BytesIO()
     with zipfile.ZipFile(stream, "w") as archive:
-        archive.writestr(
-            "masks.npy", _npy_bytes(masks_bool), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1
-        )
+        archive.writestr("masks.npy", _npy_bytes(masks_bool), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
         archive.writestr(
             "low_res_masks.npy",
             _npy_bytes(np.asarray(low_res_masks, dtype=np.float32)),
@@ -579,9 +568,7 @@ def npz_to_segment(data: bytes, *, field: str = "masks") -> tuple[np.ndarray, np
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             if set(archive.files) != {"masks", "low_res_masks"}:
-                raise InvalidInput(
-                    f"expected arrays masks and low_res_masks, got {archive.files}", field=field
-                )
+                raise InvalidInput(f"expected arrays masks and low_res_masks, got {archive.files}", field=field)
             masks, low_res_masks = archive["masks"], archive["low_res_masks"]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise InvalidInput(f"not a segment .npz: {exc}", field=field) from exc

@@ -6,8 +6,9 @@ CLI both construct `Settings` and pass it (or the parts they need) down.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,9 +25,7 @@ class ImageLimits(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SAM_IMAGE_", extra="forbid")
 
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="largest encoded image accepted")
-    max_pixels: int = Field(
-        default=50_000_000, gt=0, description="largest width*height accepted (decompression bombs)"
-    )
+    max_pixels: int = Field(default=50_000_000, gt=0, description="largest width*height accepted (decompression bombs)")
     max_side: int = Field(default=16_384, gt=0, description="longest side accepted, in pixels")
     formats: tuple[str, ...] = Field(
         default=("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"), description="PIL format names accepted"
@@ -67,6 +66,25 @@ class Settings(BaseSettings):
     cache_timeout_s: float = Field(default=0.5, gt=0, description="Redis socket timeout per operation")
     memory_cache_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="in-memory LRU bound")
     images: ImageLimits = Field(default_factory=ImageLimits)
+
+    @classmethod
+    def with_env_overrides(cls, args: Mapping[str, Any]) -> Settings:
+        """Application args (e.g. from serve_config.yaml), each overridden by its `SAM_*` environment variable.
+
+        pydantic-settings ranks init arguments above the environment; an application's config file is the
+        default and the environment the override, so the order is reversed here, field by field.
+        """
+        from_env = cls()
+        merged: dict[str, Any] = dict(args)
+        for name in from_env.model_fields_set:
+            if name == "images":
+                continue
+            merged[name] = getattr(from_env, name)
+        images_env = ImageLimits()
+        images_args = dict(merged.get("images") or {})
+        images_args.update({name: getattr(images_env, name) for name in images_env.model_fields_set})
+        merged["images"] = images_args
+        return cls(**merged)
 
     @field_validator("device")
     @classmethod

@@ -87,9 +87,7 @@ class RedisServer:
                 time.sleep(0.02)
         log_tail = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
         self.stop()
-        raise RuntimeError(
-            f"redis-server on port {self.port} did not answer PING ({last_error}):\n{log_tail}"
-        )
+        raise RuntimeError(f"redis-server on port {self.port} did not answer PING ({last_error}):\n{log_tail}")
 
     def stop(self) -> None:
         """Stop the server and wait until it has exited."""

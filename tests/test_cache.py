@@ -193,9 +193,7 @@ def test_low_res_logits_round_trip(new_cache: CacheFactory, rng: np.random.Gener
     assert_fp16_close(restored, logits)
 
 
-def test_get_all_returns_embedding_and_logits_together(
-    new_cache: CacheFactory, rng: np.random.Generator
-) -> None:
+def test_get_all_returns_embedding_and_logits_together(new_cache: CacheFactory, rng: np.random.Generator) -> None:
     cache, embedding, logits = new_cache(), random_embedding(rng), random_logits(rng)
 
     async def scenario() -> tuple[ImageEmbedding | None, np.ndarray | None]:
@@ -254,9 +252,7 @@ def test_entries_expire_after_their_ttl(new_cache: CacheFactory, rng: np.random.
     assert run(scenario()) is None
 
 
-def test_reading_an_entry_keeps_it_alive_past_its_ttl(
-    new_cache: CacheFactory, rng: np.random.Generator
-) -> None:
+def test_reading_an_entry_keeps_it_alive_past_its_ttl(new_cache: CacheFactory, rng: np.random.Generator) -> None:
     ttl_s = 0.6
     cache = new_cache(ttl_s=ttl_s)
 
@@ -333,9 +329,7 @@ def test_malformed_bytes_under_a_key_are_a_miss(new_cache: CacheFactory, rng: np
     assert run(scenario()) == (None, None, None)
 
 
-def test_a_closed_cache_reopens_in_a_new_event_loop(
-    new_cache: CacheFactory, rng: np.random.Generator
-) -> None:
+def test_a_closed_cache_reopens_in_a_new_event_loop(new_cache: CacheFactory, rng: np.random.Generator) -> None:
     cache = new_cache()
 
     async def put_then_close() -> None:

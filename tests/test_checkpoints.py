@@ -157,9 +157,7 @@ def test_download_writes_the_verified_file_at_dest(server: CheckpointServer, tmp
     assert server.range_headers == [None]
 
 
-def test_download_refuses_a_sha256_mismatch_and_leaves_no_file(
-    server: CheckpointServer, tmp_path: Path
-) -> None:
+def test_download_refuses_a_sha256_mismatch_and_leaves_no_file(server: CheckpointServer, tmp_path: Path) -> None:
     server.corrupt = True
     dest = tmp_path / "weights.pth"
 
@@ -172,9 +170,7 @@ def test_download_refuses_a_sha256_mismatch_and_leaves_no_file(
     assert not _part(dest).exists(), "wrong bytes must not be kept for resuming"
 
 
-def test_download_refuses_a_size_mismatch_naming_the_size_check(
-    server: CheckpointServer, tmp_path: Path
-) -> None:
+def test_download_refuses_a_size_mismatch_naming_the_size_check(server: CheckpointServer, tmp_path: Path) -> None:
     dest = tmp_path / "weights.pth"
     wrong_size = len(server.payload) + 1
 
@@ -186,9 +182,7 @@ def test_download_refuses_a_size_mismatch_naming_the_size_check(
     assert not _part(dest).exists()
 
 
-def test_download_resumes_a_partial_file_with_a_range_request(
-    server: CheckpointServer, tmp_path: Path
-) -> None:
+def test_download_resumes_a_partial_file_with_a_range_request(server: CheckpointServer, tmp_path: Path) -> None:
     dest = tmp_path / "weights.pth"
     already = 1024 * 1024
     _part(dest).write_bytes(server.payload[:already])  # left by an interrupted earlier run
@@ -201,9 +195,7 @@ def test_download_resumes_a_partial_file_with_a_range_request(
     assert server.bytes_served < 2 * len(server.payload)
 
 
-def test_download_restarts_from_zero_when_the_server_ignores_range(
-    server: CheckpointServer, tmp_path: Path
-) -> None:
+def test_download_restarts_from_zero_when_the_server_ignores_range(server: CheckpointServer, tmp_path: Path) -> None:
     server.ignore_range = True
     dest = tmp_path / "weights.pth"
     _part(dest).write_bytes(server.payload[: 1024 * 1024])
@@ -215,9 +207,7 @@ def test_download_restarts_from_zero_when_the_server_ignores_range(
     assert server.bytes_served == len(server.payload)
 
 
-def test_download_retries_after_a_dropped_connection_and_resumes(
-    server: CheckpointServer, tmp_path: Path
-) -> None:
+def test_download_retries_after_a_dropped_connection_and_resumes(server: CheckpointServer, tmp_path: Path) -> None:
     server.drops_left = 2
     dest = tmp_path / "weights.pth"
 
@@ -255,9 +245,7 @@ def test_download_of_a_missing_url_raises_download_error(server: CheckpointServe
     assert not dest.exists()
 
 
-def test_download_of_a_complete_part_answered_416_just_verifies_it(
-    server: CheckpointServer, tmp_path: Path
-) -> None:
+def test_download_of_a_complete_part_answered_416_just_verifies_it(server: CheckpointServer, tmp_path: Path) -> None:
     dest = tmp_path / "weights.pth"
     _part(dest).write_bytes(server.payload)
 
@@ -327,14 +315,10 @@ def test_concurrent_resolves_download_once(server: CheckpointServer, tmp_path: P
     assert len(server.range_headers) == 1
 
 
-def test_resolve_explains_a_registry_mismatch_and_how_to_override_it(
-    server: CheckpointServer, tmp_path: Path
-) -> None:
+def test_resolve_explains_a_registry_mismatch_and_how_to_override_it(server: CheckpointServer, tmp_path: Path) -> None:
     # No user hash: the registry's vit_b size applies, and our random payload is not vit_b.
     with pytest.raises(ChecksumMismatch, match="size check failed") as caught:
-        resolve_checkpoint(
-            "vit_b", checkpoint=None, sha256=None, cache_dir=tmp_path, progress=False, url=server.url
-        )
+        resolve_checkpoint("vit_b", checkpoint=None, sha256=None, cache_dir=tmp_path, progress=False, url=server.url)
 
     assert "checkpoint_sha256" in str(caught.value)
     assert not (tmp_path / VIT_B_FILENAME).exists()
@@ -380,9 +364,7 @@ def test_resolve_refuses_an_official_file_for_another_model_type(tmp_path: Path)
         resolve_checkpoint("vit_b", checkpoint=local, sha256=None, cache_dir=tmp_path)
 
 
-def test_resolve_uses_the_sidecar_hash_instead_of_rehashing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resolve_uses_the_sidecar_hash_instead_of_rehashing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     local = tmp_path / "my_weights.pth"
     local.write_bytes(os.urandom(4096))
     hash_calls = _count_hashing(monkeypatch)
@@ -395,9 +377,7 @@ def test_resolve_uses_the_sidecar_hash_instead_of_rehashing(
     assert (tmp_path / "my_weights.pth.sha256").exists()
 
 
-def test_sidecar_hash_is_invalidated_when_the_file_changes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sidecar_hash_is_invalidated_when_the_file_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     local = tmp_path / "my_weights.pth"
     local.write_bytes(os.urandom(4096))
     _, old_sha = resolve_checkpoint("vit_b", checkpoint=local, sha256=None, cache_dir=tmp_path)

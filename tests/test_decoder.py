@@ -72,9 +72,7 @@ def test_box_matches_predictor_multimask(tiny_decoder: OnnxDecoder, scene: tuple
     x0, x1 = sorted(rng.uniform(0, width - 1, 2).round(1))
     y0, y1 = sorted(rng.uniform(0, height - 1, 2).round(1))
     box = [x0, y0, x1 + 1, y1 + 1]
-    out = tiny_decoder.decode(
-        embedding, build_prompt([], [], embedding.original_size, box=box), multimask=True
-    )
+    out = tiny_decoder.decode(embedding, build_prompt([], [], embedding.original_size, box=box), multimask=True)
     masks, scores, low_res = predictor.predict(box=np.array(box), multimask_output=True, return_logits=True)
     assert out.mask_logits.shape == masks.shape
     assert relative_l2(out.mask_logits, masks) <= MAX_RELATIVE_L2
@@ -90,9 +88,7 @@ def test_points_and_box_match_predictor(tiny_decoder: OnnxDecoder, scene: tuple)
     labels = np.array([1, 0])
     prompt = build_prompt(points.tolist(), labels.tolist(), embedding.original_size, box=box)
     out = tiny_decoder.decode(embedding, prompt)
-    masks, _, _ = predictor.predict(
-        points, labels, box=np.array(box), multimask_output=False, return_logits=True
-    )
+    masks, _, _ = predictor.predict(points, labels, box=np.array(box), multimask_output=False, return_logits=True)
     assert relative_l2(out.mask_logits[0], masks[0]) <= MAX_RELATIVE_L2
 
 
@@ -146,7 +142,5 @@ def test_int8_decoder_stays_close_to_fp32(
     for _ in range(5):
         points = random_points(rng, embedding.original_size, 2)
         prompt = build_prompt(points.tolist(), [1, 1], embedding.original_size)
-        ious.append(
-            iou(tiny_decoder.decode(embedding, prompt).masks, quantized.decode(embedding, prompt).masks)
-        )
+        ious.append(iou(tiny_decoder.decode(embedding, prompt).masks, quantized.decode(embedding, prompt).masks))
     assert float(np.mean(ious)) >= 0.9, ious

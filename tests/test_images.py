@@ -75,12 +75,7 @@ def handmade_png(width: int, height: int, *, bit_depth: int = 1, color_type: int
     row = b"\x00" * (1 + (width * bit_depth + 7) // 8)  # filter byte + packed samples
     compressor = zlib.compressobj(9)
     compressed = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", compressed)
-        + png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", compressed) + png_chunk(b"IEND", b"")
 
 
 # ---- encoded images: what they decode to ----------------------------------------------------------------
@@ -267,9 +262,7 @@ def test_animated_gif_gives_its_first_frame() -> None:
 def test_load_image_bytes_is_decode_image_bytes_for_raw_uploads() -> None:
     data = encode(Image.fromarray(random_rgb(3, 5)), "PNG")
 
-    assert (
-        load_image_bytes(data, limits()).content_sha256 == decode_image_bytes(data, limits()).content_sha256
-    )
+    assert load_image_bytes(data, limits()).content_sha256 == decode_image_bytes(data, limits()).content_sha256
 
 
 # ---- encoded images: what is refused --------------------------------------------------------------------

@@ -216,9 +216,7 @@ def test_bad_polygon_is_refused_naming_the_field(polygons: object) -> None:
 
 json_like = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-    lambda children: (
-        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=3), children, max_size=3)
-    ),
+    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=3), children, max_size=3),
     max_leaves=40,
 )
 point_like = st.lists(st.one_of(st.integers(-600, 600), st.floats(), st.booleans(), st.none()), max_size=3)

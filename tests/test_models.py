@@ -111,9 +111,7 @@ def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 @pytest.mark.slow
-def test_official_type_is_downloaded_verified_and_loaded(
-    file_server: tuple[str, Path], tmp_path: Path
-) -> None:
+def test_official_type_is_downloaded_verified_and_loaded(file_server: tuple[str, Path], tmp_path: Path) -> None:
     # A random-weight vit_b stands in for Meta's file (no weights can be downloaded here); its own sha256 is
     # supplied, as a user with a mirror would.
     base_url, root = file_server

@@ -1,0 +1,40 @@
+"""The application builder that serve_config.yaml imports: `import_path: deployments.app:build_app`.
+
+    SamIngress.bind(SamEncoder.bind(settings), SamDecoder.bind(settings), settings)
+
+Application args are `sam_core.settings.Settings` fields; each is overridden by its `SAM_*` environment
+variable, and the whole is validated here, at deploy time, with errors that name the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+from ray.serve import Application
+
+from deployments.decoder import SamDecoder
+from deployments.encoder import SamEncoder
+from deployments.ingress import SamIngress
+from sam_core.errors import ConfigurationError
+from sam_core.settings import Settings
+
+
+def load_settings(args: Mapping[str, Any]) -> Settings:
+    """Validate application args (with env overrides); a ConfigurationError names every bad field."""
+    try:
+        return Settings.with_env_overrides(args)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigurationError(f"invalid sam-serve application args: {problems}") from None
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Build the three-deployment application from application args."""
+    settings = load_settings(args)
+    # @serve.deployment returns a Deployment, which ray's type hints present as the decorated class.
+    encoder = SamEncoder.bind(settings)  # type: ignore[attr-defined]
+    decoder = SamDecoder.bind(settings)  # type: ignore[attr-defined]
+    application: Application = SamIngress.bind(encoder, decoder, settings)  # type: ignore[attr-defined]
+    return application

@@ -1,0 +1,65 @@
+"""SamEncoder: the batched image encoder as a Ray Serve deployment (GPU when the replica has one)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from sam_core.embedding import ImageEmbedding
+from sam_core.service import EncoderService
+from sam_core.settings import Settings
+
+log = logging.getLogger("ray.serve")
+
+DEFAULT_MAX_BATCH_SIZE = 4
+DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=16,
+    user_config={"max_batch_size": DEFAULT_MAX_BATCH_SIZE, "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_TIMEOUT_S},
+)
+class SamEncoder:
+    """Embeds images in batches and writes every embedding to the shared cache.
+
+    Callers send one image at a time (`embed`); `@serve.batch` gathers concurrent calls into one forward pass,
+    waiting at most `batch_wait_timeout_s` for a batch to fill. The model runs in a worker thread so the
+    replica's event loop keeps accepting (and batching) requests while a batch computes.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.service = EncoderService.from_settings(settings)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-encoder")
+        log.info("SamEncoder ready: model=%s device=%s", self.service.identity.model_id, self.service.device)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Batch size and wait, changeable at run time through `user_config`."""
+        max_batch_size = int(config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
+        self.service.encoder.max_batch_size = max_batch_size
+        self._embed_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        wait = float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S))
+        self._embed_batch.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
+    async def _embed_batch(self, items: list[tuple[np.ndarray, str | None]]) -> list[ImageEmbedding]:
+        loop = asyncio.get_running_loop()
+        images = [pixels for pixels, _ in items]
+        embeddings = await loop.run_in_executor(self.executor, self.service.embed_batch, images)
+        await asyncio.gather(
+            *(self.service.store(key, emb) for (_, key), emb in zip(items, embeddings, strict=True) if key)
+        )
+        return embeddings
+
+    async def embed(self, pixels: np.ndarray, cache_key: str | None) -> ImageEmbedding:
+        """Embed one (H, W, 3) uint8 RGB image and cache it under `cache_key` (if given)."""
+        result: ImageEmbedding = await self._embed_batch((pixels, cache_key))
+        return result
+
+    async def model_id(self) -> str:
+        return self.service.identity.model_id

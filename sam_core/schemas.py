@@ -1,0 +1,171 @@
+"""Request and response models shared by the HTTP ingress, handle calls and the Python client.
+
+Field names and defaults follow Roboflow inference's SAM routes (the seed) so its clients keep working; the
+extensions (box, multimask_output, rle/png formats, content-hash caching) are additive. Unknown fields are
+refused, so a misspelt prompt field never passes silently; the seed's bookkeeping fields are accepted and
+ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+
+from sam_core.embedding import ImageEmbedding
+
+MAX_IMAGE_ID_LENGTH = 256
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+Coordinate = Annotated[StrictInt | StrictFloat, Field(allow_inf_nan=False)]
+"""A finite number; strings and booleans are refused rather than coerced."""
+
+
+class ImagePayload(BaseModel):
+    """An image as the seed sends it: `{"type": "base64"|"url"|"numpy", "value": ...}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(default="base64", description="base64 (default), url (when enabled), numpy (.npy, base64)")
+    value: Any = Field(description="base64 string (a data: URL prefix is allowed), URL, or base64 .npy")
+
+
+class _SeedFields(BaseModel):
+    """Fields both routes share, including the seed's bookkeeping fields (accepted, ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, description="ignored (seed bookkeeping)")
+    api_key: str | None = Field(default=None, description="ignored; use the Authorization header")
+    usage_billable: bool | None = Field(default=None, description="ignored (seed bookkeeping)")
+    start: float | None = Field(default=None, description="ignored (seed bookkeeping)")
+    source: str | None = Field(default=None, description="ignored (seed bookkeeping)")
+    source_info: str | None = Field(default=None, description="ignored (seed bookkeeping)")
+    disable_model_monitoring: bool | None = Field(default=None, description="ignored (seed bookkeeping)")
+    model_id: str | None = Field(default=None, description="ignored (seed bookkeeping)")
+    sam_version_id: str | None = Field(
+        default=None, description="model type to use; must be the one this service serves (or unset)"
+    )
+    image: ImagePayload | None = Field(default=None, description="the image (not needed when cached)")
+    image_id: str | None = Field(
+        default=None,
+        description="the client's id for the image; its embedding is cached under it. Without one, the "
+        "image's content hash is used.",
+    )
+
+    @field_validator("image_id")
+    @classmethod
+    def _image_id_is_printable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must not be empty")
+        if len(value) > MAX_IMAGE_ID_LENGTH:
+            raise ValueError(f"at most {MAX_IMAGE_ID_LENGTH} characters, got {len(value)}")
+        if _CONTROL_CHARACTERS.search(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+
+class EmbedImageRequest(_SeedFields):
+    """POST /sam/embed_image: embed an image and cache the embedding under `image_id`."""
+
+    format: Literal["json", "binary"] = Field(
+        default="json",
+        description="json: metadata only (no 20 MB list of floats); binary: the float32 (1, 256, 64, 64) .npy",
+    )
+
+
+class SegmentImageRequest(_SeedFields):
+    """POST /sam/segment_image: masks for a prompt on an image (from its cached embedding when there is one).
+
+    The prompt's source, in order: `embeddings` (+ `orig_im_size`), else the embedding cached under
+    `image_id`, else `image` (embedded and cached). Points and boxes are (x, y) in original-image pixels.
+    """
+
+    embeddings: str | list[Any] | None = Field(
+        default=None, description="a client-held embedding: base64 .npy (binary) of float32 (1, 256, 64, 64)"
+    )
+    embeddings_format: Literal["json", "binary"] = "json"
+    orig_im_size: list[StrictInt] | None = Field(
+        default=None, description="[height, width] of the original image; required with `embeddings`"
+    )
+    point_coords: list[list[Coordinate]] = Field(
+        default_factory=lambda: [[0.0, 0.0]], description="[[x, y], ...] in original-image pixels"
+    )
+    point_labels: list[Coordinate] = Field(
+        default_factory=lambda: [-1.0], description="1 foreground, 0 background, -1 padding, 2/3 box corners"
+    )
+    box: list[Coordinate] | None = Field(default=None, description="[x0, y0, x1, y1] in original-image pixels")
+    has_mask_input: bool = False
+    mask_input: str | list[Any] | None = Field(
+        default=None,
+        description="previous low-res mask: json polygons in the 256x256 low-res frame, or base64 .npy "
+        "(1, 1, 256, 256) logits (binary)",
+    )
+    mask_input_format: Literal["json", "binary"] = "json"
+    use_mask_input_cache: bool = Field(
+        default=True,
+        description="with has_mask_input and no mask_input, use this image's last low-res logits",
+    )
+    multimask_output: bool = Field(default=False, description="three masks with their predicted IoU")
+    format: Literal["json", "binary", "rle", "png"] = Field(
+        default="json",
+        description="json: polygons; binary: npz with bool masks (1, H, W) and low_res_masks logits "
+        "(1, 256, 256); rle: COCO RLE; png: base64 1-bit PNGs",
+    )
+
+
+class EmbedImageResponse(BaseModel):
+    """The json answer of /sam/embed_image (binary answers are the raw .npy bytes)."""
+
+    image_id: str
+    original_size: tuple[int, int]
+    cached: bool = Field(description="the embedding was already cached (the encoder did not run)")
+    time: float
+
+
+class SegmentImageResponse(BaseModel):
+    """The json/rle/png answer of /sam/segment_image (binary answers are npz bytes)."""
+
+    masks: list[Any] = Field(description="one entry per mask: polygon [[x, y], ...], RLE dict or base64 PNG")
+    low_res_masks: list[Any] = Field(description="the same for the 256x256 low-res logits > 0")
+    scores: list[float] = Field(description="predicted IoU of each mask")
+    image_id: str | None = None
+    time: float
+
+
+# ---- messages between deployments (no JSON: numpy travels as is) --------------------------------------
+
+
+@dataclass
+class SegmentJob:
+    """What the ingress asks a decoder replica to do for one prompt.
+
+    Either `embedding` is given inline (a client-supplied one, or fresh from the encoder), or the decoder
+    reads it from the cache under `cache_key`. The prompt is validated by the decoder, which knows the image
+    size.
+    """
+
+    cache_key: str | None
+    point_coords: list[list[float]]
+    point_labels: list[float]
+    box: list[float] | None = None
+    embedding: ImageEmbedding | None = None
+    has_mask_input: bool = False
+    mask_input: np.ndarray | None = None
+    use_mask_input_cache: bool = True
+    multimask_output: bool = False
+    format: str = "json"
+
+
+@dataclass
+class SegmentResult:
+    """A decoder's answer, already encoded: `body` is JSON-ready (dict) or raw bytes with `media_type`."""
+
+    body: dict[str, Any] | bytes
+    media_type: str = "application/json"
+    timings: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,231 @@
+"""The encoder and decoder services: model + cache + output encoding, ready for any host process.
+
+A Ray Serve replica, the CLI or a test constructs one of these from `Settings` and calls it; the services
+hold no Ray code and the deployments hold no model math.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from sam_core.cache import EmbeddingCache, image_id_hash, make_cache
+from sam_core.checkpoints import resolve_checkpoint
+from sam_core.decoder import LOW_RES_SHAPE, DecoderOutput, OnnxDecoder, decoder_filename
+from sam_core.embedding import ImageEmbedding
+from sam_core.encoder import ImageEncoder
+from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput
+from sam_core.masks import encode_png, encode_rle, mask_to_polygon, segment_to_npz
+from sam_core.models import ModelIdentity, load_model
+from sam_core.prompts import build_prompt
+from sam_core.schemas import SegmentJob, SegmentResult
+from sam_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def cache_from_settings(settings: Settings) -> EmbeddingCache:
+    """The shared Redis cache when `redis_url` is set, else a per-process in-memory LRU."""
+    return make_cache(
+        settings.redis_url,
+        ttl_s=settings.cache_ttl_s,
+        timeout_s=settings.cache_timeout_s,
+        memory_bytes=settings.memory_cache_bytes,
+    )
+
+
+class EncoderService:
+    """Embeds batches of images and writes each embedding to the cache under its key."""
+
+    def __init__(self, encoder: ImageEncoder, identity: ModelIdentity, cache: EmbeddingCache, *, device: str) -> None:
+        self.encoder = encoder
+        self.identity = identity
+        self.cache = cache
+        self.device = device
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, max_batch_size: int = 8) -> EncoderService:
+        model = load_model(
+            settings.model_type,
+            checkpoint=settings.checkpoint,
+            checkpoint_sha256=settings.checkpoint_sha256,
+            checkpoint_url=settings.checkpoint_url,
+            cache_dir=settings.cache_dir,
+            device=settings.device,
+        )
+        encoder = ImageEncoder(
+            model.sam, device=model.device, dtype=settings.encoder_dtype, max_batch_size=max_batch_size
+        )
+        return cls(encoder, model.identity, cache_from_settings(settings), device=str(model.device))
+
+    def embed_batch(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+        """Embed (H, W, 3) uint8 RGB images in one forward pass (CPU/GPU bound: call from a worker thread)."""
+        return self.encoder.embed_batch(images)
+
+    async def store(self, cache_key: str, embedding: ImageEmbedding) -> bool:
+        """Cache an embedding; False (logged) when the cache is down: the caller still has the embedding."""
+        try:
+            await self.cache.put_embedding(self.identity.model_id, cache_key, embedding)
+        except CacheUnavailable:
+            return False
+        return True
+
+
+def open_decoder(settings: Settings, *, threads: int) -> tuple[OnnxDecoder, ModelIdentity]:
+    """The ONNX decoders for the configured checkpoint, exporting them first if the cache dir lacks them.
+
+    Only the checkpoint's hash is needed when the exported files exist (a sidecar keeps it), so a decoder
+    replica loads torch weights at most once per cache dir.
+    """
+    _, sha256 = resolve_checkpoint(
+        settings.model_type,
+        checkpoint=settings.checkpoint,
+        sha256=settings.checkpoint_sha256,
+        cache_dir=settings.cache_dir,
+        url=settings.checkpoint_url,
+    )
+    identity = ModelIdentity(settings.model_type, sha256)
+    quantized = settings.decoder_quantize
+    exported = all(
+        (settings.cache_dir / decoder_filename(identity, multimask=m, quantized=quantized)).exists()
+        for m in (False, True)
+    )
+    sam = None
+    if not exported:
+        sam = load_model(
+            settings.model_type,
+            checkpoint=settings.checkpoint,
+            checkpoint_sha256=settings.checkpoint_sha256,
+            checkpoint_url=settings.checkpoint_url,
+            cache_dir=settings.cache_dir,
+            device="cpu",
+        ).sam
+    decoder = OnnxDecoder.for_model(
+        sam,
+        identity,
+        settings.cache_dir,
+        quantized=quantized,
+        threads=threads,
+        providers=settings.decoder_providers,
+    )
+    return decoder, identity
+
+
+def encode_output(output: DecoderOutput, fmt: str) -> tuple[dict[str, Any] | bytes, str]:
+    """Encode masks for the wire: (JSON-ready dict or bytes, media type).
+
+    json: the largest external contour of each mask (original pixels) and of each low-res mask (256 frame);
+    rle: COCO RLE of each; png: base64 1-bit PNGs; binary: the seed's npz with bool masks (M, H, W) and
+    float32 low_res_masks logits (M, 256, 256).
+    """
+    masks = output.masks
+    low_res = output.low_res_logits > 0.0
+    scores = [float(s) for s in output.iou_scores]
+    if fmt == "binary":
+        return segment_to_npz(masks, output.low_res_logits.astype(np.float32)), "application/octet-stream"
+    encoded: tuple[list[Any], list[Any]]
+    if fmt == "json":
+        encoded = [mask_to_polygon(m) for m in masks], [mask_to_polygon(m) for m in low_res]
+    elif fmt == "rle":
+        encoded = [encode_rle(m) for m in masks], [encode_rle(m) for m in low_res]
+    elif fmt == "png":
+        encoded = (
+            [base64.b64encode(encode_png(m)).decode("ascii") for m in masks],
+            [base64.b64encode(encode_png(m)).decode("ascii") for m in low_res],
+        )
+    else:
+        raise InvalidInput(f"unknown format {fmt!r}: use json, binary, rle or png", field="format")
+    return {"masks": encoded[0], "low_res_masks": encoded[1], "scores": scores}, "application/json"
+
+
+class DecoderService:
+    """Answers prompts: embedding from the job or the cache, ONNX decoder, low-res logits back to the cache."""
+
+    def __init__(self, decoder: OnnxDecoder, identity: ModelIdentity, cache: EmbeddingCache) -> None:
+        self.decoder = decoder
+        self.identity = identity
+        self.cache = cache
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, threads: int) -> DecoderService:
+        decoder, identity = open_decoder(settings, threads=threads)
+        return cls(decoder, identity, cache_from_settings(settings))
+
+    async def load_inputs(self, job: SegmentJob) -> tuple[ImageEmbedding, np.ndarray | None]:
+        """The job's embedding and the mask input to use (None: no mask input).
+
+        Raises CacheMiss when the job has no inline embedding and none is cached, CacheUnavailable when the
+        cache is down and the embedding is needed from it.
+        """
+        model_id = self.identity.model_id
+        wants_cached_mask = job.has_mask_input and job.mask_input is None and job.use_mask_input_cache
+        embedding, cached_logits = job.embedding, None
+        if embedding is None:
+            if job.cache_key is None:
+                raise InvalidInput("send image, image_id or embeddings", field="image")
+            embedding, cached_logits = await self.cache.get_all(model_id, job.cache_key)
+            if embedding is None:
+                raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
+        elif wants_cached_mask and job.cache_key is not None:
+            try:
+                cached_logits = await self.cache.get_low_res_logits(model_id, job.cache_key)
+            except CacheUnavailable:
+                cached_logits = None
+        if not job.has_mask_input:
+            return embedding, None
+        # An explicit mask wins over the cached one (the seed let the cache win: a bug not copied).
+        if job.mask_input is not None:
+            return embedding, job.mask_input
+        if cached_logits is not None and job.use_mask_input_cache:
+            return embedding, cached_logits
+        raise InvalidInput(
+            "has_mask_input is true but no mask_input was sent and none is cached for this image",
+            field="mask_input",
+        )
+
+    def decode(self, embedding: ImageEmbedding, job: SegmentJob, mask_input: np.ndarray | None) -> DecoderOutput:
+        """Validate the prompt against the image size and run the decoder (CPU bound: a worker thread)."""
+        prompt = build_prompt(job.point_coords, job.point_labels, embedding.original_size, box=job.box)
+        return self.decoder.decode(embedding, prompt, mask_input=mask_input, multimask=job.multimask_output)
+
+    async def remember(self, job: SegmentJob, output: DecoderOutput) -> None:
+        """Cache the best mask's low-res logits for the next click's `use_mask_input_cache`."""
+        if job.cache_key is None:
+            return
+        best = int(np.argmax(output.iou_scores))
+        logits = output.low_res_logits[best].reshape(LOW_RES_SHAPE)
+        try:
+            await self.cache.put_low_res_logits(self.identity.model_id, job.cache_key, logits)
+        except CacheUnavailable:
+            log.warning(
+                "low-res logits not cached: model=%s image=%s",
+                self.identity.model_id,
+                image_id_hash(job.cache_key),
+            )
+
+    async def segment(self, job: SegmentJob, executor: Executor | None = None) -> SegmentResult:
+        """The whole job: inputs from the job or cache, decode, cache the logits, encode the masks.
+
+        With an `executor`, the CPU-bound decode and encoding run there, so the event loop keeps serving
+        cache I/O for other requests meanwhile (a single-thread executor also keeps decodes from competing
+        for the replica's cores).
+        """
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        embedding, mask_input = await self.load_inputs(job)
+        loaded = time.perf_counter()
+        output = await loop.run_in_executor(executor, self.decode, embedding, job, mask_input)
+        decoded = time.perf_counter()
+        remembered = asyncio.ensure_future(self.remember(job, output))
+        body, media_type = await loop.run_in_executor(executor, encode_output, output, job.format)
+        await remembered
+        done = time.perf_counter()
+        timings = {"load_s": loaded - started, "decode_s": decoded - loaded, "encode_s": done - decoded}
+        return SegmentResult(body=body, media_type=media_type, timings=timings)
