@@ -30,11 +30,26 @@ def load_settings(args: Mapping[str, Any]) -> Settings:
         raise ConfigurationError(f"invalid sam-serve application args: {problems}") from None
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """Build the three-deployment application from application args."""
-    settings = load_settings(args)
+def compose(
+    settings: Settings,
+    *,
+    encoder_options: Mapping[str, Any] | None = None,
+    decoder_options: Mapping[str, Any] | None = None,
+    ingress_options: Mapping[str, Any] | None = None,
+) -> Application:
+    """The application from validated settings; `*_options` go to each deployment's `.options()`.
+
+    serve_config.yaml overrides deployment options itself; the options here serve Python callers (the
+    `sam-serve run` command, tests) that run the app without a config file.
+    """
     # @serve.deployment returns a Deployment, which ray's type hints present as the decorated class.
-    encoder = SamEncoder.bind(settings)  # type: ignore[attr-defined]
-    decoder = SamDecoder.bind(settings)  # type: ignore[attr-defined]
-    application: Application = SamIngress.bind(encoder, decoder, settings)  # type: ignore[attr-defined]
+    encoder = SamEncoder.options(**(encoder_options or {})).bind(settings)  # type: ignore[attr-defined]
+    decoder = SamDecoder.options(**(decoder_options or {})).bind(settings)  # type: ignore[attr-defined]
+    ingress = SamIngress.options(**(ingress_options or {}))  # type: ignore[attr-defined]
+    application: Application = ingress.bind(encoder, decoder, settings)
     return application
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Build the three-deployment application from application args (serve_config.yaml's `args`)."""
+    return compose(load_settings(args))

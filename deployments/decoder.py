@@ -39,10 +39,13 @@ class SamDecoder:
         self.service = DecoderService.from_settings(settings, threads=threads)
         # One decode at a time per replica: they would only compete for the same cores.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-decoder")
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
         log.info("SamDecoder ready: model=%s threads=%d", self.service.identity.model_id, threads)
 
     async def segment(self, job: SegmentJob) -> SegmentResult:
-        return await self.service.segment(job, self.executor)
+        result = await self.service.segment(job, self.executor)
+        result.replica = self.replica_id
+        return result
 
     async def model_id(self) -> str:
         return self.service.identity.model_id

@@ -36,6 +36,8 @@ class SamEncoder:
     def __init__(self, settings: Settings) -> None:
         self.service = EncoderService.from_settings(settings)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-encoder")
+        self.images_embedded = 0
+        self.batches = 0
         log.info("SamEncoder ready: model=%s device=%s", self.service.identity.model_id, self.service.device)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -51,6 +53,8 @@ class SamEncoder:
         loop = asyncio.get_running_loop()
         images = [pixels for pixels, _ in items]
         embeddings = await loop.run_in_executor(self.executor, self.service.embed_batch, images)
+        self.images_embedded += len(images)
+        self.batches += 1
         await asyncio.gather(
             *(self.service.store(key, emb) for (_, key), emb in zip(items, embeddings, strict=True) if key)
         )
@@ -63,3 +67,7 @@ class SamEncoder:
 
     async def model_id(self) -> str:
         return self.service.identity.model_id
+
+    async def stats(self) -> dict[str, int]:
+        """What this replica has done since it started: images embedded and batches run."""
+        return {"images_embedded": self.images_embedded, "batches": self.batches}

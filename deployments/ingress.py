@@ -207,14 +207,14 @@ class SamIngress:
         )
         if request.embeddings is not None:
             job.embedding = self._client_embedding(request)
-            return self._finish(await self.decoder.segment.remote(job), job, started)
+            return self._finish(await self._decode(job), job, started)
 
         image = None
         if job.cache_key is None:
             image = self._load_image(request)
             job.cache_key = CONTENT_HASH_PREFIX + image.content_sha256
         try:
-            return self._finish(await self.decoder.segment.remote(job), job, started)
+            return self._finish(await self._decode(job), job, started)
         except CacheMiss:
             if request.image is None:
                 raise
@@ -224,7 +224,20 @@ class SamIngress:
                     "the embedding cache is unavailable: resend the request with the image", field="image_id"
                 ) from exc
         job.embedding = await self._encode(image or self._load_image(request), job.cache_key)
-        return self._finish(await self.decoder.segment.remote(job), job, started)
+        return self._finish(await self._decode(job), job, started)
+
+    async def _decode(self, job: SegmentJob) -> SegmentResult:
+        """One decoder call, retried once on another replica if the first one died mid-call.
+
+        Decoding is idempotent (the only write is the low-res logits, rewritten with the same value), so a
+        retry is safe; the router has dropped the dead replica by the time the retry is sent.
+        """
+        try:
+            result: SegmentResult = await self.decoder.segment.remote(job)
+        except RayActorError:
+            log.warning("decoder replica died during a request; retrying once")
+            result = await self.decoder.segment.remote(job)
+        return result
 
     @staticmethod
     def _finish(result: SegmentResult, job: SegmentJob, started: float) -> SegmentResult:
@@ -246,10 +259,13 @@ class SamIngress:
     @api.post("/sam/segment_image")
     async def segment_image(self, request: SegmentImageRequest) -> Response:
         result = await self.segment(request)
+        headers = {
+            "X-Process-Time": f"{result.timings.get('total_s', 0.0):.6f}",
+            "X-Decoder-Replica": result.replica or "",
+        }
         if isinstance(result.body, bytes):
-            headers = {"X-Process-Time": f"{result.timings.get('total_s', 0.0):.6f}"}
             return Response(content=result.body, media_type=result.media_type, headers=headers)
-        return JSONResponse(result.body)
+        return JSONResponse(result.body, headers=headers)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -169,3 +169,5 @@ class SegmentResult:
     body: dict[str, Any] | bytes
     media_type: str = "application/json"
     timings: dict[str, float] = field(default_factory=dict)
+    replica: str | None = None
+    """Which decoder replica answered (for logs, headers and tests)."""

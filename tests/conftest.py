@@ -8,13 +8,16 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from sam_core.decoder import OnnxDecoder
 from sam_core.models import LoadedModel, load_model, make_random_checkpoint
+from sam_core.settings import Settings
 
 # ---- Redis ---------------------------------------------------------------------------------------------
 
@@ -161,3 +164,83 @@ def decoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_decoder(tiny_model: LoadedModel, decoder_dir: Path) -> OnnxDecoder:
     """The tiny model's ONNX decoders (single- and multi-mask), two intra-op threads."""
     return OnnxDecoder.for_model(tiny_model.sam, tiny_model.identity, decoder_dir, threads=2)
+
+
+# ---- the Ray Serve application --------------------------------------------------------------------------
+
+DECODER_REPLICAS = 2
+APP_NAME = "sam"
+
+
+@dataclass
+class ServeApp:
+    """The running test application: its HTTP base URL, a handle to the ingress, and what it runs on."""
+
+    url: str
+    handle: Any  # ray.serve.handle.DeploymentHandle to SamIngress
+    settings: Settings
+    redis: RedisServer
+    checkpoint: Path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray cluster with more logical CPUs than cores, so fractional replicas fit on 2 cores."""
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, namespace="sam-serve-tests")
+    try:
+        yield
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_app(
+    ray_cluster: None,
+    redis_server: RedisServer,
+    tiny_checkpoint: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServeApp]:
+    """The real three-deployment app (tiny model, real Redis, 2 decoder replicas) over real HTTP.
+
+    Started once per session: Ray start-up and deployment take ~15 s on 2 cores.
+    """
+    from ray import serve
+
+    from deployments.app import compose
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    settings = Settings(
+        model_type="vit_tiny",
+        checkpoint=str(tiny_checkpoint),
+        redis_url=redis_server.url,
+        cache_dir=tmp_path_factory.mktemp("serve-cache"),
+        cache_timeout_s=0.5,
+        decoder_threads=1,
+    )
+    app = compose(
+        settings,
+        encoder_options={"ray_actor_options": {"num_cpus": 0.5}},
+        decoder_options={
+            "num_replicas": DECODER_REPLICAS,
+            "autoscaling_config": None,
+            "ray_actor_options": {"num_cpus": 0.5},
+        },
+        ingress_options={"ray_actor_options": {"num_cpus": 0.25}},
+    )
+    handle = serve.run(app, name=APP_NAME, route_prefix="/")
+    try:
+        yield ServeApp(
+            url=f"http://127.0.0.1:{port}",
+            handle=handle,
+            settings=settings,
+            redis=redis_server,
+            checkpoint=tiny_checkpoint,
+        )
+    finally:
+        serve.delete(APP_NAME)

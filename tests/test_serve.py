@@ -1,0 +1,139 @@
+"""The distributed shape: one embedding per image, follow-up clicks answered by any decoder replica from Redis."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import ray
+from PIL import Image
+from ray import serve
+from segment_anything import SamPredictor
+
+from sam_core.masks import npz_to_segment
+from sam_core.models import LoadedModel
+from tests.conftest import APP_NAME, DECODER_REPLICAS, ServeApp
+
+pytestmark = pytest.mark.slow
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def encoder_runs() -> int:
+    stats: dict[str, int] = serve.get_deployment_handle("SamEncoder", app_name=APP_NAME).stats.remote().result()
+    return stats["images_embedded"]
+
+
+@pytest.fixture
+def http(serve_app: ServeApp) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=serve_app.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def session_image(tiny_model: LoadedModel) -> tuple[np.ndarray, SamPredictor]:
+    """A fresh random image and SamPredictor set on it (the reference answers)."""
+    rng = np.random.default_rng()
+    height, width = (int(v) for v in rng.integers(200, 600, size=2))
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    predictor = SamPredictor(tiny_model.sam)
+    predictor.set_image(pixels)
+    return pixels, predictor
+
+
+def click(
+    http: httpx.Client, body: dict[str, Any], predictor: SamPredictor, points: np.ndarray, labels: np.ndarray
+) -> str:
+    """One click over HTTP (binary masks); asserts it matches SamPredictor; returns the decoder replica id."""
+    body = {**body, "point_coords": points.tolist(), "point_labels": labels.tolist(), "format": "binary"}
+    response = http.post("/sam/segment_image", json=body)
+    assert response.status_code == 200, response.text
+    masks, _ = npz_to_segment(response.content)
+    # One click + padding: the best of the multimask outputs; more clicks: the single-output token.
+    multimask = len(points) == 1
+    expected, scores, _ = predictor.predict(points, labels, multimask_output=multimask)
+    reference = expected[int(np.argmax(scores))] if multimask else expected[0]
+    assert masks.shape == (1, *reference.shape)
+    # Follow-ups read the embedding back from the fp16 cache: binary masks agree, logits only to fp16.
+    assert iou(masks[0], reference) >= 0.99
+    return response.headers["X-Decoder-Replica"]
+
+
+def random_clicks(rng: np.random.Generator, shape: tuple[int, ...], n: int) -> tuple[np.ndarray, np.ndarray]:
+    height, width = shape[:2]
+    points = np.stack([rng.integers(0, width, n), rng.integers(0, height, n)], axis=1).astype(float)
+    return points, rng.integers(0, 2, n).clip(min=1 if n == 1 else 0)
+
+
+def test_twenty_click_session_embeds_once_and_uses_both_decoders(
+    http: httpx.Client, session_image: tuple[np.ndarray, SamPredictor]
+) -> None:
+    pixels, predictor = session_image
+    image_id = f"session-{uuid.uuid4()}"
+    rng = np.random.default_rng()
+    before = encoder_runs()
+
+    replicas = []
+    first = {"image": {"type": "base64", "value": png_base64(pixels)}, "image_id": image_id}
+    replicas.append(click(http, first, predictor, *random_clicks(rng, pixels.shape, 1)))
+    for i in range(19):
+        replicas.append(click(http, {"image_id": image_id}, predictor, *random_clicks(rng, pixels.shape, 1 + i % 3)))
+
+    assert encoder_runs() - before == 1
+    assert len(set(replicas)) == DECODER_REPLICAS, replicas
+
+
+def decoder_replica_actors() -> list[tuple[str, str]]:
+    return [
+        (actor["name"], actor["namespace"])
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if "SamDecoder" in actor["name"] and actor["name"].startswith("SERVE_REPLICA")
+    ]
+
+
+def test_killing_a_decoder_replica_keeps_the_session_going_from_the_cache(
+    http: httpx.Client, session_image: tuple[np.ndarray, SamPredictor]
+) -> None:
+    pixels, predictor = session_image
+    image_id = f"session-{uuid.uuid4()}"
+    rng = np.random.default_rng()
+    first = {"image": {"type": "base64", "value": png_base64(pixels)}, "image_id": image_id}
+    click(http, first, predictor, *random_clicks(rng, pixels.shape, 1))
+    runs_after_first_click = encoder_runs()
+    victims = decoder_replica_actors()
+    assert len(victims) == DECODER_REPLICAS
+
+    name, namespace = victims[0]
+    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    for _ in range(5):
+        click(http, {"image_id": image_id}, predictor, *random_clicks(rng, pixels.shape, 2))
+
+    assert encoder_runs() == runs_after_first_click
+    # Serve replaces the dead replica by itself.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        current = decoder_replica_actors()
+        if len(current) == DECODER_REPLICAS and victims[0] not in current:
+            status = serve.status().applications[APP_NAME].deployments["SamDecoder"].status
+            if status == "HEALTHY":
+                break
+        time.sleep(0.5)
+    else:
+        pytest.fail("Serve did not replace the killed decoder replica within 120 s")
+    click(http, {"image_id": image_id}, predictor, *random_clicks(rng, pixels.shape, 1))
