@@ -20,6 +20,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sam_core.embedding import EMBEDDING_SHAPE, ImageEmbedding
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, SamServeError, UnknownModel
@@ -29,6 +30,7 @@ from sam_core.prompts import preprocess_shape
 from sam_core.schemas import (
     EmbedImageRequest,
     EmbedImageResponse,
+    ImagePayload,
     SegmentImageRequest,
     SegmentJob,
     SegmentResult,
@@ -45,6 +47,9 @@ api = FastAPI(
 )
 
 CONTENT_HASH_PREFIX = "sha256:"
+_FIELD_NAMES = frozenset(
+    name for model in (EmbedImageRequest, SegmentImageRequest, ImagePayload) for name in model.model_fields
+)
 
 
 @dataclass
@@ -72,11 +77,20 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         return _error_response(400, "InvalidJSON", None, f"request body is not valid JSON: {first.get('msg')}")
-    field = ".".join(location) or None
+    # pydantic appends union-member tags ("int", "float", ...) to a location; a field path has only names
+    # and list indices.
     reason = str(first.get("msg", "invalid value"))
     if first.get("type") == "extra_forbidden":
+        field = ".".join(location) or None
         reason = "unknown field (check its spelling)"
+    else:
+        field = ".".join(part for part in location if part.isdigit() or part in _FIELD_NAMES) or None
     return _error_response(422, "InvalidInput", field, reason)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error_response(exc.status_code, "HTTPError", None, str(exc.detail))
 
 
 @api.exception_handler(BackPressureError)
@@ -122,6 +136,10 @@ class SamIngress:
 
     async def _encode(self, image: LoadedImage, cache_key: str) -> ImageEmbedding:
         embedding: ImageEmbedding = await self.encoder.embed.remote(image.pixels, cache_key)
+        if not self.cache.shared:
+            # Without Redis every process has its own cache: the ingress keeps the embeddings and sends them
+            # inline, so follow-ups work whichever decoder replica answers.
+            await self.cache.put_embedding(await self.model_id(), cache_key, embedding)
         return embedding
 
     async def embed(self, request: EmbedImageRequest) -> EmbedResult:
@@ -213,6 +231,8 @@ class SamIngress:
         if job.cache_key is None:
             image = self._load_image(request)
             job.cache_key = CONTENT_HASH_PREFIX + image.content_sha256
+        if not self.cache.shared:
+            job.embedding = await self.cache.get_embedding(await self.model_id(), job.cache_key)
         try:
             return self._finish(await self._decode(job), job, started)
         except CacheMiss:

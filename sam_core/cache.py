@@ -179,6 +179,9 @@ class EmbeddingCache(abc.ABC):
     the byte-level `_fetch`, `_store` and `_remove`; encoding, keys and logging live here.
     """
 
+    shared: bool = True
+    """Whether other processes see what this cache holds (Redis: yes; the in-memory LRU: no)."""
+
     async def get_embedding(self, model_id: str, image_id: str) -> ImageEmbedding | None:
         """The cached embedding, or None. Reading refreshes its TTL."""
         key = cache_key(model_id, image_id, KIND_EMBEDDING)
@@ -391,6 +394,8 @@ class MemoryEmbeddingCache(EmbeddingCache):
     its TTL; as all entries share one TTL, the least recently used entry is also the first to expire.
     Operations never await while holding state, and a lock makes them safe from other threads too.
     """
+
+    shared = False
 
     def __init__(self, *, max_bytes: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         if max_bytes <= 0 or ttl_s <= 0:

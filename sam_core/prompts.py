@@ -156,9 +156,14 @@ def build_prompt(
         if box_array[2] <= box_array[0] or box_array[3] <= box_array[1]:
             raise InvalidInput("needs x1 > x0 and y1 > y0 ([x0, y0, x1, y1])", field="box")
         _check_inside(box_array.reshape(2, 2), original_size, "box")
+    label_array = np.array(labels, dtype=np.int64)
+    if box_array is not None:
+        # SAM pads the prompt only when there is no box; padding rows sent with a box (the seed's default
+        # [[0, 0]] / [-1] left in place) would add a row and change which mask the single-mask model returns.
+        coords, label_array = coords[real], label_array[real]
     return Prompt(
         point_coords=coords.astype(np.float32),
-        point_labels=np.array(labels, dtype=np.int64),
+        point_labels=label_array,
         box=None if box_array is None else box_array.astype(np.float32),
     )
 

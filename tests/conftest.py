@@ -105,18 +105,28 @@ class RedisServer:
             process.wait(timeout=5)
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One private redis-server for the session, on a free port, killed at the end."""
+def _session_redis(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[RedisServer]:
     executable = shutil.which("redis-server")
     if executable is None:
         pytest.skip("redis-server is not on PATH")
-    server = RedisServer(executable, _free_port(), tmp_path_factory.mktemp("redis"))
+    server = RedisServer(executable, _free_port(), tmp_path_factory.mktemp(name))
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the cache tests, on a free port, killed at the end."""
+    yield from _session_redis(tmp_path_factory, "redis")
+
+
+@pytest.fixture(scope="session")
+def app_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The serve app's own redis-server: the cache tests flush, stop and shrink theirs, never this one."""
+    yield from _session_redis(tmp_path_factory, "app-redis")
 
 
 @pytest.fixture
@@ -201,7 +211,7 @@ def ray_cluster() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def serve_app(
     ray_cluster: None,
-    redis_server: RedisServer,
+    app_redis_server: RedisServer,
     tiny_checkpoint: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServeApp]:
@@ -218,7 +228,7 @@ def serve_app(
     settings = Settings(
         model_type="vit_tiny",
         checkpoint=str(tiny_checkpoint),
-        redis_url=redis_server.url,
+        redis_url=app_redis_server.url,
         cache_dir=tmp_path_factory.mktemp("serve-cache"),
         cache_timeout_s=0.5,
         decoder_threads=1,
@@ -239,7 +249,7 @@ def serve_app(
             url=f"http://127.0.0.1:{port}",
             handle=handle,
             settings=settings,
-            redis=redis_server,
+            redis=app_redis_server,
             checkpoint=tiny_checkpoint,
         )
     finally:

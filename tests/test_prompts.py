@@ -37,6 +37,13 @@ def test_box_becomes_corner_points_labelled_two_and_three_without_padding() -> N
     np.testing.assert_allclose(coords[0, 1:], to_input_frame(np.array([[5, 6], [50, 60]]), (100, 200)))
 
 
+def test_padding_rows_are_dropped_when_a_box_is_given() -> None:
+    # The seed's default point_coords [[0, 0]] / point_labels [-1] stay in a box-only request.
+    prompt = build_prompt([[0, 0]], [-1], (100, 200), box=[5, 6, 50, 60])
+    _, labels = onnx_prompt_inputs(prompt, (100, 200))
+    np.testing.assert_array_equal(labels, [[2, 3]])
+
+
 def test_seed_default_padding_prompt_is_accepted() -> None:
     prompt = build_prompt([[0, 0]], [-1], (100, 200))
     assert prompt.num_rows == 2
