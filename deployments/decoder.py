@@ -25,7 +25,14 @@ def _replica_cpus() -> int:
 @serve.deployment(
     ray_actor_options={"num_cpus": 1},
     max_ongoing_requests=4,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2},
+    max_queued_requests=64,
+    autoscaling_config={
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 2,
+        "upscale_delay_s": 5,
+        "downscale_delay_s": 60,
+    },
 )
 class SamDecoder:
     """Answers prompts for any image whose embedding is in the shared cache (or sent inline).

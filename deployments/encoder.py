@@ -22,7 +22,8 @@ DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 1},
-    max_ongoing_requests=16,
+    max_ongoing_requests=8,
+    max_queued_requests=64,
     user_config={"max_batch_size": DEFAULT_MAX_BATCH_SIZE, "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_TIMEOUT_S},
 )
 class SamEncoder:

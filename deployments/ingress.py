@@ -103,7 +103,7 @@ async def _replica_died(_: Request, exc: RayActorError) -> JSONResponse:
     return _error_response(503, "ReplicaUnavailable", None, "a model replica failed during the request: retry")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)
 @serve.ingress(api)
 class SamIngress:
     """Validates requests, decodes images, and routes: encoder only on a cache miss, decoder for prompts."""
