@@ -137,6 +137,10 @@ def build_prompt(
         raise InvalidInput(
             f"{len(labels)} labels for {len(coords)} points: give one label per point", field="point_labels"
         )
+    if not labels and box is None:
+        # The seed's "no prompt" is its default padding row ([[0, 0]] / [-1]), not empty lists; empty lists
+        # without a box are almost always a client bug, so they are refused rather than answered with a guess.
+        raise InvalidInput("give at least one point or a box", field="point_coords")
     # Padding rows (label -1) are the seed's "no prompt" default and sit at (0, 0); they need not be inside.
     real = np.array(labels, dtype=np.int64) != -1
     _check_inside(coords[real], original_size, "point_coords")

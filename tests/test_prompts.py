@@ -66,6 +66,7 @@ def test_seed_default_padding_prompt_is_accepted() -> None:
         ([[1, 2]], [True], None, "point_labels"),
         ([[1, 2]], 1, None, "point_labels"),
         ([[1, 2]] * 65, [1] * 65, None, "point_coords"),
+        ([], [], None, "point_coords"),
         ([], [], [50, 10, 40, 20], "box"),
         ([], [], [10, 20, 10, 30], "box"),
         ([], [], [10, 20, 30], "box"),

@@ -1,0 +1,112 @@
+"""Redis faults: an outage costs only the requests that have nothing but an image_id (a fast 503 saying to resend
+the image); the app recovers by itself when Redis returns; a full Redis evicts instead of failing writes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from ray import serve
+
+from tests.conftest import RedisServer, ServeApp, _free_port
+
+pytestmark = pytest.mark.slow
+
+APP = "sam-faults"
+TIMEOUT_S = 0.5
+
+
+def png_base64() -> str:
+    pixels = np.random.default_rng().integers(0, 256, size=(120, 160, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not on PATH")
+    server = RedisServer(executable, _free_port(), tmp_path_factory.mktemp("faults-redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def faults_app(serve_app: ServeApp, own_redis: RedisServer) -> Iterator[httpx.Client]:
+    """A second application on its own redis-server, which the tests stop, start and fill."""
+    from deployments.app import compose
+
+    settings = serve_app.settings.model_copy(update={"redis_url": own_redis.url, "cache_timeout_s": TIMEOUT_S})
+    small = {"ray_actor_options": {"num_cpus": 0.25}}
+    app = compose(
+        settings,
+        encoder_options=small,
+        decoder_options={**small, "num_replicas": 1, "autoscaling_config": None},
+        ingress_options=small,
+    )
+    serve.run(app, name=APP, route_prefix=f"/{APP}")
+    try:
+        with httpx.Client(base_url=f"{serve_app.url}/{APP}", timeout=120) as client:
+            yield client
+    finally:
+        serve.delete(APP)
+
+
+def click(http: httpx.Client, image_id: str, image: str | None = None) -> httpx.Response:
+    body: dict[str, object] = {"image_id": image_id, "point_coords": [[20, 30]], "point_labels": [1]}
+    if image is not None:
+        body["image"] = {"type": "base64", "value": image}
+    return http.post("/sam/segment_image", json=body)
+
+
+def test_redis_outage_fails_only_id_only_requests_fast_and_recovers(
+    faults_app: httpx.Client, own_redis: RedisServer
+) -> None:
+    image, image_id = png_base64(), f"outage-{uuid.uuid4()}"
+    assert click(faults_app, image_id, image).status_code == 200
+    assert click(faults_app, image_id).status_code == 200
+
+    own_redis.stop()
+    started = time.monotonic()
+    response = click(faults_app, image_id)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 503, response.text
+    assert response.json()["field"] == "image_id" and "resend" in response.json()["reason"]
+    assert elapsed < 4 * TIMEOUT_S + 2.0, f"503 took {elapsed:.1f} s"
+    # A request that carries the image is still answered: the encoder embeds it again, the write just fails.
+    assert click(faults_app, image_id, image).status_code == 200
+
+    own_redis.start()  # empty: Redis keeps nothing on disk
+    deadline = time.monotonic() + 30
+    while click(faults_app, image_id, image).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    response = click(faults_app, image_id)
+    assert response.status_code == 200, "caching did not resume after Redis came back: " + response.text
+
+
+def test_full_redis_evicts_old_embeddings_instead_of_failing(faults_app: httpx.Client, own_redis: RedisServer) -> None:
+    with own_redis.client() as client:
+        client.config_set("maxmemory", "8mb")  # room for about three 2 MB embeddings
+    ids = [f"lru-{i}-{uuid.uuid4()}" for i in range(8)]
+    for image_id in ids:
+        response = click(faults_app, image_id, png_base64())
+        assert response.status_code == 200, response.text
+
+    assert click(faults_app, ids[-1]).status_code == 200
+    first = click(faults_app, ids[0])
+    assert first.status_code == 404 and first.json()["field"] == "image_id"
+    with own_redis.client() as client:
+        assert int(client.info("stats")["evicted_keys"]) > 0
