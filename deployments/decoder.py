@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import ray
 from ray import serve
 
+from deployments import metrics
 from sam_core.schemas import SegmentJob, SegmentResult
 from sam_core.service import DecoderService
 from sam_core.settings import Settings
@@ -44,6 +45,7 @@ class SamDecoder:
     def __init__(self, settings: Settings) -> None:
         threads = settings.decoder_threads or _replica_cpus()
         self.service = DecoderService.from_settings(settings, threads=threads)
+        self.service.cache.read_observer = metrics.cache_read
         # One decode at a time per replica: they would only compete for the same cores.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-decoder")
         self.replica_id = serve.get_replica_context().replica_id.unique_id
@@ -51,6 +53,7 @@ class SamDecoder:
 
     async def segment(self, job: SegmentJob) -> SegmentResult:
         result = await self.service.segment(job, self.executor)
+        metrics.decoder_timings(self.service.identity.model_id, result.timings)
         result.replica = self.replica_id
         return result
 

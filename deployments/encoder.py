@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from ray import serve
 
+from deployments import metrics
+from sam_core.cache import KIND_EMBEDDING
 from sam_core.embedding import ImageEmbedding
 from sam_core.service import EncoderService
 from sam_core.settings import Settings
@@ -53,12 +56,17 @@ class SamEncoder:
     async def _embed_batch(self, items: list[tuple[np.ndarray, str | None]]) -> list[ImageEmbedding]:
         loop = asyncio.get_running_loop()
         images = [pixels for pixels, _ in items]
+        model_id = self.service.identity.model_id
+        started = time.perf_counter()
         embeddings = await loop.run_in_executor(self.executor, self.service.embed_batch, images)
+        metrics.encoder_batch(model_id, len(images), time.perf_counter() - started)
         self.images_embedded += len(images)
         self.batches += 1
-        await asyncio.gather(
+        stored = await asyncio.gather(
             *(self.service.store(key, emb) for (_, key), emb in zip(items, embeddings, strict=True) if key)
         )
+        for nbytes in stored:
+            metrics.cache_write(model_id, KIND_EMBEDDING, nbytes)
         return embeddings
 
     async def embed(self, pixels: np.ndarray, cache_key: str | None) -> ImageEmbedding:

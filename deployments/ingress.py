@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments import metrics
 from sam_core.embedding import EMBEDDING_SHAPE, ImageEmbedding
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, SamServeError, UnknownModel
 from sam_core.images import LoadedImage, load_image
@@ -47,6 +48,8 @@ api = FastAPI(
 )
 
 CONTENT_HASH_PREFIX = "sha256:"
+EMBED_ROUTE = "/sam/embed_image"
+SEGMENT_ROUTE = "/sam/segment_image"
 _FIELD_NAMES = frozenset(
     name for model in (EmbedImageRequest, SegmentImageRequest, ImagePayload) for name in model.model_fields
 )
@@ -60,23 +63,29 @@ class EmbedResult:
     npy: bytes | None = None
 
 
-def _error_response(status: int, error: str, field: str | None, reason: str) -> JSONResponse:
+def _route(request: Request) -> str:
+    """The matched route's template (a fixed set, fit for a metric tag), or "unmatched"."""
+    return str(getattr(request.scope.get("route"), "path", "unmatched"))
+
+
+def _error_response(request: Request, status: int, error: str, field: str | None, reason: str) -> JSONResponse:
+    metrics.error_response(error, _route(request))
     return JSONResponse(status_code=status, content={"error": error, "field": field, "reason": reason})
 
 
 @api.exception_handler(SamServeError)
-async def _sam_error(_: Request, exc: SamServeError) -> JSONResponse:
+async def _sam_error(request: Request, exc: SamServeError) -> JSONResponse:
     # Ray re-raises a replica's exception as a subclass of it; report the original class name.
     name = next((c.__name__ for c in type(exc).__mro__ if c.__module__ == "sam_core.errors"), "SamServeError")
-    return _error_response(exc.http_status, name, exc.field, exc.reason)
+    return _error_response(request, exc.http_status, name, exc.field, exc.reason)
 
 
 @api.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
-        return _error_response(400, "InvalidJSON", None, f"request body is not valid JSON: {first.get('msg')}")
+        return _error_response(request, 400, "InvalidJSON", None, f"request body is not valid JSON: {first.get('msg')}")
     # pydantic appends union-member tags ("int", "float", ...) to a location; a field path has only names
     # and list indices.
     reason = str(first.get("msg", "invalid value"))
@@ -85,22 +94,30 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
         reason = "unknown field (check its spelling)"
     else:
         field = ".".join(part for part in location if part.isdigit() or part in _FIELD_NAMES) or None
-    return _error_response(422, "InvalidInput", field, reason)
+    return _error_response(request, 422, "InvalidInput", field, reason)
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error_response(exc.status_code, "HTTPError", None, str(exc.detail))
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error_response(request, exc.status_code, "HTTPError", None, str(exc.detail))
 
 
 @api.exception_handler(BackPressureError)
-async def _overloaded(_: Request, exc: BackPressureError) -> JSONResponse:
-    return _error_response(503, "Overloaded", None, "the service is at capacity: retry shortly")
+async def _overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
+    return _error_response(request, 503, "Overloaded", None, "the service is at capacity: retry shortly")
 
 
 @api.exception_handler(RayActorError)
-async def _replica_died(_: Request, exc: RayActorError) -> JSONResponse:
-    return _error_response(503, "ReplicaUnavailable", None, "a model replica failed during the request: retry")
+async def _replica_died(request: Request, exc: RayActorError) -> JSONResponse:
+    return _error_response(request, 503, "ReplicaUnavailable", None, "a model replica failed during the request: retry")
+
+
+@api.exception_handler(Exception)
+async def _internal_error(request: Request, exc: Exception) -> PlainTextResponse:
+    # Counted, then answered as Starlette answers an unhandled error (which it still re-raises, so Ray
+    # Serve logs the traceback and counts the 500 as before).
+    metrics.error_response("internal", _route(request))
+    return PlainTextResponse("Internal Server Error", status_code=500)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)
@@ -113,6 +130,7 @@ class SamIngress:
         self.decoder = decoder
         self.settings = settings
         self.cache = cache_from_settings(settings)
+        self.cache.read_observer = metrics.cache_read
         self._model_id: str | None = None
 
     async def model_id(self) -> str:
@@ -172,6 +190,8 @@ class SamIngress:
             time=time.perf_counter() - started,
         )
         npy = embedding_to_npy(embedding.embedding) if request.format == "binary" else None
+        source = "encoder" if cached is None else "cache"
+        metrics.request_served(EMBED_ROUTE, request.format, source, time.perf_counter() - started)
         return EmbedResult(response=response, npy=npy)
 
     def _client_embedding(self, request: SegmentImageRequest) -> ImageEmbedding:
@@ -225,7 +245,7 @@ class SamIngress:
         )
         if request.embeddings is not None:
             job.embedding = self._client_embedding(request)
-            return self._finish(await self._decode(job), job, started)
+            return self._finish(await self._decode(job), job, started, source="client")
 
         image = None
         if job.cache_key is None:
@@ -234,7 +254,7 @@ class SamIngress:
         if not self.cache.shared:
             job.embedding = await self.cache.get_embedding(await self.model_id(), job.cache_key)
         try:
-            return self._finish(await self._decode(job), job, started)
+            return self._finish(await self._decode(job), job, started, source="cache")
         except CacheMiss:
             if request.image is None:
                 raise
@@ -244,7 +264,7 @@ class SamIngress:
                     "the embedding cache is unavailable: resend the request with the image", field="image_id"
                 ) from exc
         job.embedding = await self._encode(image or self._load_image(request), job.cache_key)
-        return self._finish(await self._decode(job), job, started)
+        return self._finish(await self._decode(job), job, started, source="encoder")
 
     async def _decode(self, job: SegmentJob) -> SegmentResult:
         """One decoder call, retried once on another replica if the first one died mid-call.
@@ -260,23 +280,25 @@ class SamIngress:
         return result
 
     @staticmethod
-    def _finish(result: SegmentResult, job: SegmentJob, started: float) -> SegmentResult:
+    def _finish(result: SegmentResult, job: SegmentJob, started: float, *, source: str) -> SegmentResult:
+        """Stamp the id and times on a decoder's answer; `source`: where the embedding came from."""
         if isinstance(result.body, dict):
             result.body["image_id"] = job.cache_key
             result.body["time"] = time.perf_counter() - started
         result.timings["total_s"] = time.perf_counter() - started
+        metrics.request_served(SEGMENT_ROUTE, job.format, source, result.timings["total_s"])
         return result
 
     # ---- HTTP -------------------------------------------------------------------------------------------
 
-    @api.post("/sam/embed_image", response_model=EmbedImageResponse)
+    @api.post(EMBED_ROUTE, response_model=EmbedImageResponse)
     async def embed_image(self, request: EmbedImageRequest) -> Response:
         result = await self.embed(request)
         if result.npy is not None:
             return Response(content=result.npy, media_type="application/octet-stream")
         return JSONResponse(result.response.model_dump())
 
-    @api.post("/sam/segment_image")
+    @api.post(SEGMENT_ROUTE)
     async def segment_image(self, request: SegmentImageRequest) -> Response:
         result = await self.segment(request)
         headers = {

@@ -42,6 +42,9 @@ KIND_EMBEDDING: Final = "emb"
 KIND_LOW_RES_LOGITS: Final = "lowres"
 KINDS: Final = (KIND_EMBEDDING, KIND_LOW_RES_LOGITS)
 
+CacheReadObserver = Callable[[str, str, str], None]
+"""Told of every cache read, once per kind: (model_id, kind, "hit" | "miss" | "unavailable")."""
+
 _MODEL_ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 # ---- serialisation -------------------------------------------------------------------------------------
@@ -182,10 +185,12 @@ class EmbeddingCache(abc.ABC):
     shared: bool = True
     """Whether other processes see what this cache holds (Redis: yes; the in-memory LRU: no)."""
 
+    read_observer: CacheReadObserver | None = None
+    """Where hosts count hits and misses (the deployments hang their metrics here); None: nobody is told."""
+
     async def get_embedding(self, model_id: str, image_id: str) -> ImageEmbedding | None:
         """The cached embedding, or None. Reading refreshes its TTL."""
-        key = cache_key(model_id, image_id, KIND_EMBEDDING)
-        (payload,) = await self._guarded("get", model_id, image_id, self._fetch([key]))
+        (payload,) = await self._read("get", model_id, image_id, (KIND_EMBEDDING,))
         return self._decoded(decode_embedding, payload, model_id, image_id, KIND_EMBEDDING)
 
     async def put_embedding(self, model_id: str, image_id: str, embedding: ImageEmbedding) -> int:
@@ -195,8 +200,7 @@ class EmbeddingCache(abc.ABC):
 
     async def get_low_res_logits(self, model_id: str, image_id: str) -> np.ndarray | None:
         """The cached (1, 1, 256, 256) float32 low-res logits, or None. Reading refreshes their TTL."""
-        key = cache_key(model_id, image_id, KIND_LOW_RES_LOGITS)
-        (payload,) = await self._guarded("get", model_id, image_id, self._fetch([key]))
+        (payload,) = await self._read("get", model_id, image_id, (KIND_LOW_RES_LOGITS,))
         return self._decoded(decode_low_res_logits, payload, model_id, image_id, KIND_LOW_RES_LOGITS)
 
     async def put_low_res_logits(self, model_id: str, image_id: str, logits: np.ndarray) -> int:
@@ -207,8 +211,7 @@ class EmbeddingCache(abc.ABC):
 
     async def get_all(self, model_id: str, image_id: str) -> tuple[ImageEmbedding | None, np.ndarray | None]:
         """Embedding and low-res logits in one round trip (what the decoder needs per click)."""
-        keys = [cache_key(model_id, image_id, kind) for kind in KINDS]
-        emb_payload, logits_payload = await self._guarded("get_all", model_id, image_id, self._fetch(keys))
+        emb_payload, logits_payload = await self._read("get_all", model_id, image_id, KINDS)
         return (
             self._decoded(decode_embedding, emb_payload, model_id, image_id, KIND_EMBEDDING),
             self._decoded(decode_low_res_logits, logits_payload, model_id, image_id, KIND_LOW_RES_LOGITS),
@@ -253,14 +256,27 @@ class EmbeddingCache(abc.ABC):
             )
             raise
 
-    @staticmethod
+    async def _read(self, op: str, model_id: str, image_id: str, kinds: Sequence[str]) -> list[bytes | None]:
+        keys = [cache_key(model_id, image_id, kind) for kind in kinds]
+        try:
+            return await self._guarded(op, model_id, image_id, self._fetch(keys))
+        except CacheUnavailable:
+            for kind in kinds:
+                self._observe(model_id, kind, "unavailable")
+            raise
+
+    def _observe(self, model_id: str, kind: str, result: str) -> None:
+        if self.read_observer is not None:
+            self.read_observer(model_id, kind, result)
+
     def _decoded(
-        decode: Callable[[bytes], T], payload: bytes | None, model_id: str, image_id: str, kind: str
+        self, decode: Callable[[bytes], T], payload: bytes | None, model_id: str, image_id: str, kind: str
     ) -> T | None:
         if payload is None:
+            self._observe(model_id, kind, "miss")
             return None
         try:
-            return decode(payload)
+            value = decode(payload)
         except CorruptCacheEntryError as exc:
             # A stale format version or foreign bytes: recomputing is always correct, so it is a miss.
             logger.warning(
@@ -270,7 +286,10 @@ class EmbeddingCache(abc.ABC):
                 kind,
                 exc,
             )
+            self._observe(model_id, kind, "miss")
             return None
+        self._observe(model_id, kind, "hit")
+        return value
 
 
 # ---- Redis ---------------------------------------------------------------------------------------------

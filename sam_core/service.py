@@ -69,13 +69,15 @@ class EncoderService:
         """Embed (H, W, 3) uint8 RGB images in one forward pass (CPU/GPU bound: call from a worker thread)."""
         return self.encoder.embed_batch(images)
 
-    async def store(self, cache_key: str, embedding: ImageEmbedding) -> bool:
-        """Cache an embedding; False (logged) when the cache is down: the caller still has the embedding."""
+    async def store(self, cache_key: str, embedding: ImageEmbedding) -> int:
+        """Cache an embedding; returns the bytes stored, 0 (logged) when the cache is down or cannot hold it.
+
+        The caller still has the embedding either way.
+        """
         try:
-            await self.cache.put_embedding(self.identity.model_id, cache_key, embedding)
+            return await self.cache.put_embedding(self.identity.model_id, cache_key, embedding)
         except CacheUnavailable:
-            return False
-        return True
+            return 0
 
 
 def open_decoder(settings: Settings, *, threads: int) -> tuple[OnnxDecoder, ModelIdentity]:

@@ -329,6 +329,32 @@ def test_malformed_bytes_under_a_key_are_a_miss(new_cache: CacheFactory, rng: np
     assert run(scenario()) == (None, None, None)
 
 
+def test_read_observer_hears_hit_or_miss_once_per_kind_read_and_nothing_of_writes(
+    new_cache: CacheFactory, rng: np.random.Generator
+) -> None:
+    cache = new_cache()
+    heard: list[tuple[str, str, str]] = []
+    cache.read_observer = lambda model_id, kind, result: heard.append((model_id, kind, result))
+
+    async def scenario() -> None:
+        await cache.put_embedding(MODEL, "img-1", random_embedding(rng))
+        await cache.get_embedding(MODEL, "img-1")
+        await cache.get_low_res_logits(MODEL, "img-1")
+        await cache.get_all(MODEL, "img-1")
+        await cache._store(cache_key(MODEL, "img-2", "emb"), b"not an embedding")
+        await cache.get_embedding(MODEL, "img-2")
+        await cache.close()
+
+    run(scenario())
+    assert heard == [
+        (MODEL, "emb", "hit"),
+        (MODEL, "lowres", "miss"),
+        (MODEL, "emb", "hit"),
+        (MODEL, "lowres", "miss"),
+        (MODEL, "emb", "miss"),
+    ]
+
+
 def test_a_closed_cache_reopens_in_a_new_event_loop(new_cache: CacheFactory, rng: np.random.Generator) -> None:
     cache = new_cache()
 
@@ -466,6 +492,26 @@ def test_redis_down_raises_cache_unavailable_quickly_then_recovers_on_its_own(
     assert max(elapsed) < 2 * TIMEOUT_S, f"calls took {elapsed} s while Redis was down"
     assert ping_while_down is False
     assert ping_after is True and restored is not None
+
+
+def test_read_observer_hears_unavailable_for_each_kind_of_a_read_while_redis_is_down(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    cache = RedisEmbeddingCache(redis_url, ttl_s=60, timeout_s=TIMEOUT_S)
+    heard: list[tuple[str, str, str]] = []
+    cache.read_observer = lambda model_id, kind, result: heard.append((model_id, kind, result))
+
+    async def scenario() -> None:
+        with pytest.raises(CacheUnavailable):
+            await cache.get_all(MODEL, "img-1")
+        await cache.close()
+
+    redis_server.stop()
+    try:
+        run(scenario())
+    finally:
+        redis_server.start()
+    assert heard == [(MODEL, "emb", "unavailable"), (MODEL, "lowres", "unavailable")]
 
 
 def test_a_stalled_redis_raises_cache_unavailable_within_twice_the_timeout(
