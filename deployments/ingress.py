@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
@@ -23,8 +23,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import metrics
+from deployments.limits import BearerAuth, BodySizeLimit
 from sam_core.embedding import EMBEDDING_SHAPE, ImageEmbedding
-from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, SamServeError, UnknownModel
+from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, Overloaded, SamServeError, UnknownModel
 from sam_core.images import LoadedImage, load_image
 from sam_core.masks import MASK_INPUT_SHAPE, decode_npy_base64, embedding_to_npy, mask_input_array, polygons_to_mask
 from sam_core.prompts import preprocess_shape
@@ -102,22 +103,20 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return _error_response(request, exc.status_code, "HTTPError", None, str(exc.detail))
 
 
-@api.exception_handler(BackPressureError)
-async def _overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
-    return _error_response(request, 503, "Overloaded", None, "the service is at capacity: retry shortly")
-
-
 @api.exception_handler(RayActorError)
 async def _replica_died(request: Request, exc: RayActorError) -> JSONResponse:
     return _error_response(request, 503, "ReplicaUnavailable", None, "a model replica failed during the request: retry")
 
 
 @api.exception_handler(Exception)
-async def _internal_error(request: Request, exc: Exception) -> PlainTextResponse:
-    # Counted, then answered as Starlette answers an unhandled error (which it still re-raises, so Ray
-    # Serve logs the traceback and counts the 500 as before).
-    metrics.error_response("internal", _route(request))
-    return PlainTextResponse("Internal Server Error", status_code=500)
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Counted and answered with the API's error body, never a traceback; Starlette still re-raises, so Ray
+    # Serve logs the traceback and counts the 500.
+    return _error_response(request, 500, "InternalError", None, "internal error (logged on the server)")
+
+
+api.add_middleware(BodySizeLimit)
+api.add_middleware(BearerAuth)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)
@@ -131,6 +130,8 @@ class SamIngress:
         self.settings = settings
         self.cache = cache_from_settings(settings)
         self.cache.read_observer = metrics.cache_read
+        BodySizeLimit.max_bytes = settings.max_body_bytes
+        BearerAuth.token = settings.auth_token.get_secret_value().encode() if settings.auth_token else None
         self._model_id: str | None = None
 
     async def model_id(self) -> str:
@@ -153,7 +154,10 @@ class SamIngress:
         return load_image(request.image.type, request.image.value, self.settings.images, field="image")
 
     async def _encode(self, image: LoadedImage, cache_key: str) -> ImageEmbedding:
-        embedding: ImageEmbedding = await self.encoder.embed.remote(image.pixels, cache_key)
+        try:
+            embedding: ImageEmbedding = await self.encoder.embed.remote(image.pixels, cache_key)
+        except BackPressureError as exc:
+            raise Overloaded("the encoder is at capacity: retry shortly") from exc
         if not self.cache.shared:
             # Without Redis every process has its own cache: the ingress keeps the embeddings and sends them
             # inline, so follow-ups work whichever decoder replica answers.
@@ -277,6 +281,8 @@ class SamIngress:
         except RayActorError:
             log.warning("decoder replica died during a request; retrying once")
             result = await self.decoder.segment.remote(job)
+        except BackPressureError as exc:
+            raise Overloaded("the decoders are at capacity: retry shortly") from exc
         return result
 
     @staticmethod

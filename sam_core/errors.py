@@ -82,6 +82,12 @@ class CacheUnavailable(SamServeError):
     http_status = 503
 
 
+class Overloaded(SamServeError):
+    """A deployment's queue is full: shed at once (retry shortly) rather than queued without bound."""
+
+    http_status = 503
+
+
 class CheckpointError(SamServeError):
     """A checkpoint is missing, fails its checksum, or does not fit the model type."""
 

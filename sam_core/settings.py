@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     cache_timeout_s: float = Field(default=0.5, gt=0, description="Redis socket timeout per operation")
     memory_cache_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="in-memory LRU bound")
     images: ImageLimits = Field(default_factory=ImageLimits)
+    auth_token: SecretStr | None = Field(
+        default=None, description="when set, /sam/* routes require `Authorization: Bearer <token>`"
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, gt=0, description="largest HTTP request body (base64 images, embeddings)"
+    )
 
     @classmethod
     def with_env_overrides(cls, args: Mapping[str, Any]) -> Settings:

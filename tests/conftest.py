@@ -37,8 +37,9 @@ class RedisServer:
     `stop()` and `start()` let fault tests take it away and bring it back on the same port.
     """
 
-    def __init__(self, executable: str, port: int, workdir: Path) -> None:
+    def __init__(self, executable: str, port: int, workdir: Path, maxmemory: str = REDIS_MAXMEMORY) -> None:
         self.executable = executable
+        self.maxmemory = maxmemory
         self.port = port
         self.workdir = workdir
         self.url = f"redis://127.0.0.1:{port}/0"
@@ -62,7 +63,7 @@ class RedisServer:
             "--bind": "127.0.0.1",
             "--save": "",
             "--appendonly": "no",
-            "--maxmemory": REDIS_MAXMEMORY,
+            "--maxmemory": self.maxmemory,
             "--maxmemory-policy": "allkeys-lru",
             "--dir": str(self.workdir),
         }
@@ -105,11 +106,13 @@ class RedisServer:
             process.wait(timeout=5)
 
 
-def _session_redis(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[RedisServer]:
+def _session_redis(
+    tmp_path_factory: pytest.TempPathFactory, name: str, maxmemory: str = REDIS_MAXMEMORY
+) -> Iterator[RedisServer]:
     executable = shutil.which("redis-server")
     if executable is None:
         pytest.skip("redis-server is not on PATH")
-    server = RedisServer(executable, _free_port(), tmp_path_factory.mktemp(name))
+    server = RedisServer(executable, _free_port(), tmp_path_factory.mktemp(name), maxmemory)
     server.start()
     try:
         yield server
@@ -126,7 +129,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture(scope="session")
 def app_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """The serve app's own redis-server: the cache tests flush, stop and shrink theirs, never this one."""
-    yield from _session_redis(tmp_path_factory, "app-redis")
+    # Room for ~250 embeddings: the load test alone creates dozens of images.
+    yield from _session_redis(tmp_path_factory, "app-redis", maxmemory="512mb")
 
 
 @pytest.fixture
