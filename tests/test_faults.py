@@ -110,3 +110,46 @@ def test_full_redis_evicts_old_embeddings_instead_of_failing(faults_app: httpx.C
     assert first.status_code == 404 and first.json()["field"] == "image_id"
     with own_redis.client() as client:
         assert int(client.info("stats")["evicted_keys"]) > 0
+
+
+def replica_actors(app: str, deployment: str) -> list[tuple[str, str]]:
+    import ray
+
+    return [
+        (actor["name"], actor["namespace"])
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith("SERVE_REPLICA") and f"{app}#{deployment}#" in actor["name"]
+    ]
+
+
+def test_killed_encoder_and_decoder_are_replaced_and_no_embedding_is_lost(faults_app: httpx.Client) -> None:
+    import concurrent.futures
+
+    import ray
+
+    cached_id = f"kept-{uuid.uuid4()}"
+    assert click(faults_app, cached_id, png_base64()).status_code == 200
+    encoder, decoder = replica_actors(APP, "SamEncoder"), replica_actors(APP, "SamDecoder")
+    assert len(encoder) == 1 and len(decoder) == 1
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        in_flight = [pool.submit(click, faults_app, f"new-{uuid.uuid4()}", png_base64()) for _ in range(4)]
+        time.sleep(0.2)
+        killed_at = time.monotonic()
+        for name, namespace in encoder + decoder:
+            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+        statuses = [future.result().status_code for future in in_flight]
+    # At most the in-flight requests fail, and then with a 5xx that says so (never a hang).
+    assert all(status in (200, 500, 503) for status in statuses), statuses
+
+    deadline = killed_at + 120
+    while time.monotonic() < deadline:
+        if click(faults_app, f"after-{uuid.uuid4()}", png_base64()).status_code == 200:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the app did not answer a new image within 120 s of losing its encoder and decoder")
+    recovery_s = time.monotonic() - killed_at
+    print(f"\nrecovered {recovery_s:.1f} s after the encoder and decoder replicas were killed; in flight: {statuses}")
+    # The embedding cached before the kill is still served without the image.
+    assert click(faults_app, cached_id).status_code == 200
