@@ -29,7 +29,7 @@ from sam_core.errors import ConfigurationError, SamServeError
 from sam_core.settings import Settings
 
 if TYPE_CHECKING:
-    from sam_core.models import LoadedModel
+    pass
 
 log = logging.getLogger("sam_serve.cli")
 
@@ -76,19 +76,6 @@ def _parse_box(text: str) -> list[float]:
     return parts
 
 
-def _load_model(settings: Settings, device: str) -> LoadedModel:
-    from sam_core.models import load_model
-
-    return load_model(
-        settings.model_type,
-        checkpoint=settings.checkpoint,
-        checkpoint_sha256=settings.checkpoint_sha256,
-        checkpoint_url=settings.checkpoint_url,
-        cache_dir=settings.cache_dir,
-        device=device,
-    )
-
-
 def cmd_make_checkpoint(args: argparse.Namespace) -> int:
     from sam_core.models import make_random_checkpoint
 
@@ -98,25 +85,20 @@ def cmd_make_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from sam_core.checkpoints import resolve_checkpoint
+    from sam_core.service import resolve_configured_checkpoint
 
     settings = _settings(args)
-    path, sha256 = resolve_checkpoint(
-        settings.model_type,
-        checkpoint=settings.checkpoint,
-        sha256=settings.checkpoint_sha256,
-        cache_dir=settings.cache_dir,
-        url=settings.checkpoint_url,
-    )
+    path, sha256 = resolve_configured_checkpoint(settings)
     print(json.dumps({"checkpoint": str(path), "model_type": settings.model_type, "sha256": sha256}))
     return 0
 
 
 def cmd_export_decoder(args: argparse.Namespace) -> int:
     from sam_core.decoder import ensure_decoder_file
+    from sam_core.service import load_configured_model
 
     settings = _settings(args)
-    model = _load_model(settings, "cpu")
+    model = load_configured_model(settings, device="cpu")
     paths = [
         ensure_decoder_file(
             model.sam,
@@ -139,11 +121,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from sam_core.images import decode_image_bytes
     from sam_core.masks import encode_png, encode_rle, mask_to_polygon
     from sam_core.prompts import build_prompt
+    from sam_core.service import load_configured_model
 
     settings = _settings(args)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    model = _load_model(settings, settings.device)
+    model = load_configured_model(settings)
     decoder = OnnxDecoder.for_model(
         model.sam,
         model.identity,

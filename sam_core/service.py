@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from sam_core.embedding import ImageEmbedding
 from sam_core.encoder import ImageEncoder
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput
 from sam_core.masks import encode_png, encode_rle, mask_to_polygon, segment_to_npz
-from sam_core.models import ModelIdentity, load_model
+from sam_core.models import LoadedModel, ModelIdentity, load_model
 from sam_core.prompts import build_prompt
 from sam_core.schemas import SegmentJob, SegmentResult
 from sam_core.settings import Settings
@@ -41,6 +42,29 @@ def cache_from_settings(settings: Settings) -> EmbeddingCache:
     )
 
 
+def load_configured_model(settings: Settings, *, device: str | None = None) -> LoadedModel:
+    """The configured checkpoint, verified and loaded (downloaded first when needed) on `device`."""
+    return load_model(
+        settings.model_type,
+        checkpoint=settings.checkpoint,
+        checkpoint_sha256=settings.checkpoint_sha256,
+        checkpoint_url=settings.checkpoint_url,
+        cache_dir=settings.cache_dir,
+        device=device or settings.device,
+    )
+
+
+def resolve_configured_checkpoint(settings: Settings) -> tuple[Path, str]:
+    """The configured checkpoint's path and sha256, downloading and verifying it when needed."""
+    return resolve_checkpoint(
+        settings.model_type,
+        checkpoint=settings.checkpoint,
+        sha256=settings.checkpoint_sha256,
+        cache_dir=settings.cache_dir,
+        url=settings.checkpoint_url,
+    )
+
+
 class EncoderService:
     """Embeds batches of images and writes each embedding to the cache under its key."""
 
@@ -52,14 +76,7 @@ class EncoderService:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, max_batch_size: int = 8) -> EncoderService:
-        model = load_model(
-            settings.model_type,
-            checkpoint=settings.checkpoint,
-            checkpoint_sha256=settings.checkpoint_sha256,
-            checkpoint_url=settings.checkpoint_url,
-            cache_dir=settings.cache_dir,
-            device=settings.device,
-        )
+        model = load_configured_model(settings)
         encoder = ImageEncoder(
             model.sam, device=model.device, dtype=settings.encoder_dtype, max_batch_size=max_batch_size
         )
@@ -86,13 +103,7 @@ def open_decoder(settings: Settings, *, threads: int) -> tuple[OnnxDecoder, Mode
     Only the checkpoint's hash is needed when the exported files exist (a sidecar keeps it), so a decoder
     replica loads torch weights at most once per cache dir.
     """
-    _, sha256 = resolve_checkpoint(
-        settings.model_type,
-        checkpoint=settings.checkpoint,
-        sha256=settings.checkpoint_sha256,
-        cache_dir=settings.cache_dir,
-        url=settings.checkpoint_url,
-    )
+    _, sha256 = resolve_configured_checkpoint(settings)
     identity = ModelIdentity(settings.model_type, sha256)
     quantized = settings.decoder_quantize
     exported = all(
@@ -101,14 +112,7 @@ def open_decoder(settings: Settings, *, threads: int) -> tuple[OnnxDecoder, Mode
     )
     sam = None
     if not exported:
-        sam = load_model(
-            settings.model_type,
-            checkpoint=settings.checkpoint,
-            checkpoint_sha256=settings.checkpoint_sha256,
-            checkpoint_url=settings.checkpoint_url,
-            cache_dir=settings.cache_dir,
-            device="cpu",
-        ).sam
+        sam = load_configured_model(settings, device="cpu").sam
     decoder = OnnxDecoder.for_model(
         sam,
         identity,

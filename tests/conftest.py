@@ -7,7 +7,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,27 @@ def serve_app(
         )
     finally:
         serve.delete(APP_NAME)
+
+
+SMALL_REPLICA = {"ray_actor_options": {"num_cpus": 0.25}}
+
+
+@contextmanager
+def second_app(name: str, settings: Settings, *, decoder_options: Mapping[str, Any] | None = None) -> Iterator[Any]:
+    """Another application in the test cluster under `/<name>`, for tests that break or reconfigure it
+    (Redis faults, auth, overload, autoscaling) without touching the session's `serve_app`. Yields its handle.
+    One decoder replica, no autoscaling, unless `decoder_options` says otherwise.
+    """
+    from ray import serve
+
+    from deployments.app import compose
+
+    decoder = {**SMALL_REPLICA, "num_replicas": 1, "autoscaling_config": None, **(decoder_options or {})}
+    if "autoscaling_config" in (decoder_options or {}):
+        decoder.pop("num_replicas")
+    app = compose(settings, encoder_options=SMALL_REPLICA, decoder_options=decoder, ingress_options=SMALL_REPLICA)
+    handle = serve.run(app, name=name, route_prefix=f"/{name}")
+    try:
+        yield handle
+    finally:
+        serve.delete(name)

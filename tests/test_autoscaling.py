@@ -12,7 +12,7 @@ import pytest
 from ray import serve
 
 from sam_core.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest
-from tests.conftest import ServeApp
+from tests.conftest import ServeApp, second_app
 from tests.test_serve import png_base64
 
 pytestmark = pytest.mark.slow
@@ -37,23 +37,9 @@ def running_decoders() -> int:
 @pytest.fixture
 def autoscaling_app(serve_app: ServeApp) -> Iterator[Any]:
     """A second application in the same cluster with decoder autoscaling on (same model, cache, Redis)."""
-    from deployments.app import compose
-
-    app = compose(
-        serve_app.settings,
-        encoder_options={"ray_actor_options": {"num_cpus": 0.25}},
-        decoder_options={
-            "autoscaling_config": AUTOSCALING,
-            "max_ongoing_requests": 2,
-            "ray_actor_options": {"num_cpus": 0.25},
-        },
-        ingress_options={"ray_actor_options": {"num_cpus": 0.25}},
-    )
-    handle = serve.run(app, name=APP, route_prefix=f"/{APP}")
-    try:
+    options = {"autoscaling_config": AUTOSCALING, "max_ongoing_requests": 2}
+    with second_app(APP, serve_app.settings, decoder_options=options) as handle:
         yield handle
-    finally:
-        serve.delete(APP)
 
 
 def test_decoder_replicas_grow_under_load_and_shrink_back(autoscaling_app: Any) -> None:

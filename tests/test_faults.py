@@ -14,9 +14,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from ray import serve
 
-from tests.conftest import RedisServer, ServeApp, _free_port
+from tests.conftest import RedisServer, ServeApp, _free_port, second_app
 
 pytestmark = pytest.mark.slow
 
@@ -47,22 +46,9 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]
 @pytest.fixture
 def faults_app(serve_app: ServeApp, own_redis: RedisServer) -> Iterator[httpx.Client]:
     """A second application on its own redis-server, which the tests stop, start and fill."""
-    from deployments.app import compose
-
     settings = serve_app.settings.model_copy(update={"redis_url": own_redis.url, "cache_timeout_s": TIMEOUT_S})
-    small = {"ray_actor_options": {"num_cpus": 0.25}}
-    app = compose(
-        settings,
-        encoder_options=small,
-        decoder_options={**small, "num_replicas": 1, "autoscaling_config": None},
-        ingress_options=small,
-    )
-    serve.run(app, name=APP, route_prefix=f"/{APP}")
-    try:
-        with httpx.Client(base_url=f"{serve_app.url}/{APP}", timeout=120) as client:
-            yield client
-    finally:
-        serve.delete(APP)
+    with second_app(APP, settings), httpx.Client(base_url=f"{serve_app.url}/{APP}", timeout=120) as client:
+        yield client
 
 
 def click(http: httpx.Client, image_id: str, image: str | None = None) -> httpx.Response:

@@ -20,9 +20,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from ray import serve
 
-from tests.conftest import APP_NAME, ServeApp
+from tests.conftest import APP_NAME, ServeApp, second_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.load]
 
@@ -113,26 +112,9 @@ OVERLOAD_APP = "sam-overload"
 @pytest.fixture
 def overload_app(serve_app: ServeApp) -> Iterator[str]:
     """An app with one decoder that takes 1 request at a time and queues at most 2 more."""
-    from deployments.app import compose
-
-    small = {"ray_actor_options": {"num_cpus": 0.25}}
-    app = compose(
-        serve_app.settings,
-        encoder_options=small,
-        decoder_options={
-            **small,
-            "num_replicas": 1,
-            "autoscaling_config": None,
-            "max_ongoing_requests": 1,
-            "max_queued_requests": 2,
-        },
-        ingress_options=small,
-    )
-    serve.run(app, name=OVERLOAD_APP, route_prefix=f"/{OVERLOAD_APP}")
-    try:
+    limits = {"max_ongoing_requests": 1, "max_queued_requests": 2}
+    with second_app(OVERLOAD_APP, serve_app.settings, decoder_options=limits):
         yield f"{serve_app.url}/{OVERLOAD_APP}"
-    finally:
-        serve.delete(OVERLOAD_APP)
 
 
 def test_overload_gets_fast_503s_not_an_unbounded_queue(overload_app: str) -> None:

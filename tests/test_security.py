@@ -7,9 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from pydantic import SecretStr
-from ray import serve
 
-from tests.conftest import ServeApp
+from tests.conftest import ServeApp, second_app
 
 pytestmark = pytest.mark.slow
 
@@ -19,22 +18,9 @@ TOKEN = "correct horse battery staple"
 
 @pytest.fixture(scope="module")
 def auth_app(serve_app: ServeApp) -> Iterator[httpx.Client]:
-    from deployments.app import compose
-
     settings = serve_app.settings.model_copy(update={"auth_token": SecretStr(TOKEN)})
-    small = {"ray_actor_options": {"num_cpus": 0.25}}
-    app = compose(
-        settings,
-        encoder_options=small,
-        decoder_options={**small, "num_replicas": 1, "autoscaling_config": None},
-        ingress_options=small,
-    )
-    serve.run(app, name=APP, route_prefix=f"/{APP}")
-    try:
-        with httpx.Client(base_url=f"{serve_app.url}/{APP}", timeout=60) as client:
-            yield client
-    finally:
-        serve.delete(APP)
+    with second_app(APP, settings), httpx.Client(base_url=f"{serve_app.url}/{APP}", timeout=60) as client:
+        yield client
 
 
 BODY = {"image_id": "whatever", "point_coords": [[1, 1]], "point_labels": [1]}
