@@ -32,8 +32,10 @@ from sam_core.prompts import preprocess_shape
 from sam_core.schemas import (
     EmbedImageRequest,
     EmbedImageResponse,
+    ErrorResponse,
     ImagePayload,
     SegmentImageRequest,
+    SegmentImageResponse,
     SegmentJob,
     SegmentResult,
 )
@@ -51,6 +53,21 @@ api = FastAPI(
 CONTENT_HASH_PREFIX = "sha256:"
 EMBED_ROUTE = "/sam/embed_image"
 SEGMENT_ROUTE = "/sam/segment_image"
+# The error statuses the API routes answer, documented in OpenAPI with the one error body they all use.
+_ERROR_STATUSES = {
+    400: "malformed JSON, base64 or image",
+    401: "missing or wrong bearer token (when auth is on)",
+    403: "image source refused (file paths; URLs when disabled or not public)",
+    404: "image_id not cached (send the image), or unknown sam_version_id",
+    413: "body, image bytes or pixels over the limits",
+    415: "image format not accepted",
+    422: "a field has the wrong type or value",
+    500: "internal error (logged on the server)",
+    503: "cache unavailable for an id-only request, a replica failed, or at capacity: retry",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description} for status, description in _ERROR_STATUSES.items()
+}
 _FIELD_NAMES = frozenset(
     name for model in (EmbedImageRequest, SegmentImageRequest, ImagePayload) for name in model.model_fields
 )
@@ -297,14 +314,24 @@ class SamIngress:
 
     # ---- HTTP -------------------------------------------------------------------------------------------
 
-    @api.post(EMBED_ROUTE, response_model=EmbedImageResponse)
+    @api.post(
+        EMBED_ROUTE,
+        response_model=EmbedImageResponse,
+        responses={200: {"content": {"application/octet-stream": {}}}, **ERROR_RESPONSES},
+    )
     async def embed_image(self, request: EmbedImageRequest) -> Response:
         result = await self.embed(request)
         if result.npy is not None:
             return Response(content=result.npy, media_type="application/octet-stream")
         return JSONResponse(result.response.model_dump())
 
-    @api.post(SEGMENT_ROUTE)
+    @api.post(
+        SEGMENT_ROUTE,
+        responses={
+            200: {"model": SegmentImageResponse, "content": {"application/octet-stream": {}}},
+            **ERROR_RESPONSES,
+        },
+    )
     async def segment_image(self, request: SegmentImageRequest) -> Response:
         result = await self.segment(request)
         headers = {

@@ -79,7 +79,10 @@ def _finite_pairs(value: object, field: str, *, expected: int | None = None) -> 
             or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in pair)
         ):
             raise InvalidInput(f"item {i} must be a pair of numbers [x, y]", field=field)
-        x, y = float(pair[0]), float(pair[1])
+        try:
+            x, y = float(pair[0]), float(pair[1])
+        except OverflowError:  # an integer beyond float range
+            raise InvalidInput(f"item {i} has a coordinate out of range", field=field) from None
         if not (math.isfinite(x) and math.isfinite(y)):
             raise InvalidInput(f"item {i} has a non-finite coordinate", field=field)
         rows.append((x, y))
@@ -141,9 +144,10 @@ def build_prompt(
         # The seed's "no prompt" is its default padding row ([[0, 0]] / [-1]), not empty lists; empty lists
         # without a box are almost always a client bug, so they are refused rather than answered with a guess.
         raise InvalidInput("give at least one point or a box", field="point_coords")
-    # Padding rows (label -1) are the seed's "no prompt" default and sit at (0, 0); they need not be inside.
+    # Every row must lie on the image, padding rows (label -1, the seed's default sits at (0, 0)) included:
+    # the model ignores their position, but an unchecked one could be any finite float64 (inf in float32).
+    _check_inside(coords, original_size, "point_coords")
     real = np.array(labels, dtype=np.int64) != -1
-    _check_inside(coords[real], original_size, "point_coords")
 
     box_array: np.ndarray | None = None
     if box is not None:
@@ -154,7 +158,10 @@ def build_prompt(
             or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in box)
         ):
             raise InvalidInput("must be [x0, y0, x1, y1] numbers", field="box")
-        box_array = np.array([float(c) for c in box], dtype=np.float64)
+        try:
+            box_array = np.array([float(c) for c in box], dtype=np.float64)
+        except OverflowError:  # an integer beyond float range
+            raise InvalidInput("has a coordinate out of range", field="box") from None
         if not np.isfinite(box_array).all():
             raise InvalidInput("has a non-finite coordinate", field="box")
         if box_array[2] <= box_array[0] or box_array[3] <= box_array[1]:

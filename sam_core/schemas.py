@@ -20,8 +20,13 @@ from sam_core.embedding import ImageEmbedding
 MAX_IMAGE_ID_LENGTH = 256
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
-Coordinate = Annotated[StrictInt | StrictFloat, Field(allow_inf_nan=False)]
-"""A finite number; strings and booleans are refused rather than coerced."""
+_COORDINATE_LIMIT = 1e9
+Coordinate = (
+    Annotated[StrictInt, Field(ge=-_COORDINATE_LIMIT, le=_COORDINATE_LIMIT)]
+    | Annotated[StrictFloat, Field(allow_inf_nan=False, ge=-_COORDINATE_LIMIT, le=_COORDINATE_LIMIT)]
+)
+"""A finite number of sane size; strings and booleans are refused rather than coerced (and an integer of 400
+digits is refused before anything tries to make it a float)."""
 
 
 class ImagePayload(BaseModel):
@@ -117,6 +122,14 @@ class SegmentImageRequest(_SeedFields):
         description="json: polygons; binary: npz with bool masks (1, H, W) and low_res_masks logits "
         "(1, 256, 256); rle: COCO RLE; png: base64 1-bit PNGs",
     )
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: which field is at fault (None when not one field) and why. Never a traceback."""
+
+    error: str = Field(description="the error kind, e.g. InvalidInput, CacheMiss, ImageTooLarge, Overloaded")
+    field: str | None = Field(description="the request field at fault, as a dotted path")
+    reason: str
 
 
 class EmbedImageResponse(BaseModel):
