@@ -139,3 +139,26 @@ def test_killed_encoder_and_decoder_are_replaced_and_no_embedding_is_lost(faults
     print(f"\nrecovered {recovery_s:.1f} s after the encoder and decoder replicas were killed; in flight: {statuses}")
     # The embedding cached before the kill is still served without the image.
     assert click(faults_app, cached_id).status_code == 200
+
+
+def test_without_redis_follow_ups_work_on_any_decoder_replica(serve_app: ServeApp) -> None:
+    # The in-memory cache is per process: the ingress keeps the embeddings and sends them inline.
+    settings = serve_app.settings.model_copy(update={"redis_url": None})
+    name = "sam-no-redis"
+    with (
+        second_app(name, settings, decoder_options={"num_replicas": 2}),
+        httpx.Client(base_url=f"{serve_app.url}/{name}", timeout=120) as http,
+    ):
+        image_id = f"memory-{uuid.uuid4()}"
+        embedded = http.post(
+            "/sam/embed_image", json={"image": {"type": "base64", "value": png_base64()}, "image_id": image_id}
+        )
+        assert embedded.status_code == 200 and not embedded.json()["cached"]
+        again = http.post("/sam/embed_image", json={"image_id": image_id})
+        assert again.status_code == 200 and again.json()["cached"]
+        replicas = set()
+        for _ in range(8):
+            response = click(http, image_id)
+            assert response.status_code == 200, response.text
+            replicas.add(response.headers["X-Decoder-Replica"])
+        assert len(replicas) == 2
