@@ -21,13 +21,17 @@ from sam_core.errors import ConfigurationError
 from sam_core.settings import Settings
 
 
-def load_settings(args: Mapping[str, Any]) -> Settings:
-    """Validate application args (with env overrides); a ConfigurationError names every bad field."""
+def load_settings(args: Mapping[str, Any], *, env_overrides: bool = True) -> Settings:
+    """Validate settings; a ConfigurationError names every bad field.
+
+    Application args are overridden by `SAM_*` variables (`env_overrides`); a command line's explicit flags
+    are not (`env_overrides=False`: the variables then fill only the fields not given).
+    """
     try:
-        return Settings.with_env_overrides(args)
+        return Settings.with_env_overrides(args) if env_overrides else Settings(**args)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigurationError(f"invalid sam-serve application args: {problems}") from None
+        raise ConfigurationError(f"invalid sam-serve settings: {problems}") from None
 
 
 def compose(

@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import ValidationError
-
 from sam_core.errors import ConfigurationError, SamServeError
 from sam_core.settings import Settings
 
@@ -219,15 +217,6 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _validated_settings(fields: dict[str, Any]) -> Settings:
-    """Settings from explicit fields (they win over SAM_* env vars); a ConfigurationError names bad fields."""
-    try:
-        return Settings(**fields)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigurationError(f"invalid settings: {problems}") from None
-
-
 def _redacted(url: str) -> str:
     """A Redis URL fit for logs: the password, if any, replaced by ***."""
     parts = urlsplit(url)
@@ -375,6 +364,7 @@ def _pick_cache(flag_url: str | None, sam_redis_url: str | None) -> tuple[str | 
 
 def _prepare_checkpoint(settings: Settings, random_weights: bool) -> Settings:
     """With --random-weights, a seeded random checkpoint for a model type Meta publishes none for."""
+    from deployments.app import load_settings
     from sam_core.models import architecture, make_random_checkpoint
 
     model_type = settings.model_type
@@ -397,7 +387,7 @@ def _prepare_checkpoint(settings: Settings, random_weights: bool) -> Settings:
             f"{sha256[:12]}); the service works end to end but its masks are meaningless",
             file=sys.stderr,
         )
-        return _validated_settings({**settings.model_dump(), "checkpoint": str(path)})
+        return load_settings({**settings.model_dump(), "checkpoint": str(path)}, env_overrides=False)
     if not official and not settings.checkpoint:
         raise ConfigurationError(
             f"{model_type} has no official checkpoint: pass --checkpoint FILE, or --random-weights for a "
@@ -484,13 +474,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         # SAM_* env vars apply (validated by load_settings); flags given here win over them.
         env_settings = load_settings({})
-        settings = _validated_settings({**env_settings.model_dump(), **_setting_flags(args)})
+        settings = load_settings({**env_settings.model_dump(), **_setting_flags(args)}, env_overrides=False)
         ingress_cpus = float(SamIngress.ray_actor_options.get("num_cpus", 0.0))  # type: ignore[attr-defined]
         _check_resources(args, ingress_cpus)
         _check_port_free(args.host, args.port)
         settings = _prepare_checkpoint(settings, args.random_weights)
         redis_url, local_redis = _pick_cache(args.redis_url, env_settings.redis_url)
-        settings = _validated_settings({**settings.model_dump(), "redis_url": redis_url})
+        settings = load_settings({**settings.model_dump(), "redis_url": redis_url}, env_overrides=False)
 
         print(f"sam-serve: starting Ray ({args.num_cpus} logical CPUs)", file=sys.stderr)
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, namespace="sam-serve")
