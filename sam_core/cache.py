@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import secrets
 import struct
 import threading
 import time
@@ -50,15 +51,18 @@ _MODEL_ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 # ---- serialisation -------------------------------------------------------------------------------------
 
 _MAGIC: Final = b"SAMC"
-_FORMAT_VERSION: Final = 1
+_FORMAT_VERSION: Final = 2  # 2: the header ends in an 8-byte write tag
 _KIND_CODES: Final = {KIND_EMBEDDING: 1, KIND_LOW_RES_LOGITS: 2}
 _DTYPE_FLOAT16: Final = 1
 _STORED_DTYPE: Final = np.dtype("<f2")  # explicit little-endian: the bytes mean the same on every host
 _FP16_MAX: Final = float(np.finfo(np.float16).max)  # 65504
 
-# magic, format version, kind code, dtype code, ndim, shape[4], original (h, w), input (h, w); 40 bytes.
-_HEADER: Final = struct.Struct("<4sBBBB4I2I2I")
+# magic, format version, kind code, dtype code, ndim, shape[4], original (h, w), input (h, w), write tag;
+# 48 bytes. The write tag is random per write: equal tags mean equal bytes, so a decoder replica can check
+# its local copy of an embedding by reading the header alone (see `LocalEmbeddingCopies`).
+_HEADER: Final = struct.Struct("<4sBBBB4I2I2I8s")
 HEADER_BYTES: Final = _HEADER.size
+_TAG_OFFSET: Final = HEADER_BYTES - 8
 
 
 class CorruptCacheEntryError(ValueError):
@@ -81,6 +85,7 @@ def _encode(kind: str, array: np.ndarray, original_size: tuple[int, int], input_
             *(int(n) for n in array.shape),
             *(int(n) for n in original_size),
             *(int(n) for n in input_size),
+            secrets.token_bytes(8),
         )
     except struct.error as exc:
         raise ValueError(f"{kind}: sizes do not fit the header ({exc})") from exc
@@ -92,7 +97,7 @@ def _encode(kind: str, array: np.ndarray, original_size: tuple[int, int], input_
 def _decode(kind: str, payload: bytes) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     if len(payload) < HEADER_BYTES:
         raise CorruptCacheEntryError(f"{kind}: {len(payload)} bytes is shorter than the {HEADER_BYTES}-byte header")
-    magic, version, kind_code, dtype_code, ndim, *sizes = _HEADER.unpack_from(payload)
+    magic, version, kind_code, dtype_code, ndim, *sizes, _tag = _HEADER.unpack_from(payload)
     if magic != _MAGIC:
         raise CorruptCacheEntryError(f"{kind}: bad magic {magic!r}")
     if version != _FORMAT_VERSION:
@@ -112,8 +117,15 @@ def _decode(kind: str, payload: bytes) -> tuple[np.ndarray, tuple[int, int], tup
     return array, original_size, input_size
 
 
+def write_tag(payload: bytes) -> bytes | None:
+    """The 8-byte write tag of an encoded value (or of its first `HEADER_BYTES`), None if it is not one."""
+    if len(payload) < HEADER_BYTES or payload[:4] != _MAGIC or payload[4] != _FORMAT_VERSION:
+        return None
+    return bytes(payload[_TAG_OFFSET:HEADER_BYTES])
+
+
 def encode_embedding(embedding: ImageEmbedding) -> bytes:
-    """Serialise an embedding: a 40-byte header then the (1, 256, 64, 64) array as float16 (2 MiB).
+    """Serialise an embedding: a 48-byte header then the (1, 256, 64, 64) array as float16 (2 MiB).
 
     float16 keeps ~3 significant digits, far below the decoder's sensitivity, and halves Redis memory and
     transfer. Values beyond the float16 range (+-65504) are clipped rather than turned into inf.
@@ -171,6 +183,59 @@ def cache_key(model_id: str, image_id: str, kind: str) -> str:
     return f"sam:{model_id}:{image_id_hash(image_id)}:{kind}"
 
 
+# ---- a decoder replica's local copies ------------------------------------------------------------------
+
+
+class LocalEmbeddingCopies:
+    """A process's own LRU of decoded (float32) embeddings, each kept with the write tag it was read with.
+
+    A follow-up click then reads only the embedding's 48-byte header from the shared cache, to compare tags
+    and keep the entry's TTL fresh, instead of 2 MiB plus a float16->float32 conversion. A different tag
+    (the image id was embedded again) or a miss in the shared cache drops the copy, so the shared cache stays
+    the one truth: a copy is never served for an entry the shared cache no longer holds in the same bytes.
+    The arrays are read-only, as they are shared by every request that reads them.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes ({max_bytes}) must be positive")
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[bytes, ImageEmbedding]] = OrderedDict()
+        self._total_bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> tuple[bytes, ImageEmbedding] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: str, tag: bytes, embedding: ImageEmbedding) -> None:
+        nbytes = embedding.embedding.nbytes
+        if nbytes > self.max_bytes:
+            return
+        embedding.embedding.flags.writeable = False
+        with self._lock:
+            self._discard(key)
+            while self._total_bytes + nbytes > self.max_bytes:
+                self._discard(next(iter(self._entries)))
+            self._entries[key] = (tag, embedding)
+            self._total_bytes += nbytes
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._discard(key)
+
+    def _discard(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._total_bytes -= entry[1].embedding.nbytes
+
+
 # ---- the interface ---------------------------------------------------------------------------------------
 
 
@@ -187,6 +252,9 @@ class EmbeddingCache(abc.ABC):
 
     read_observer: CacheReadObserver | None = None
     """Where hosts count hits and misses (the deployments hang their metrics here); None: nobody is told."""
+
+    local_copies: LocalEmbeddingCopies | None = None
+    """Decoded embeddings this process keeps for `get_all` (the decoders set it); None: always read in full."""
 
     async def get_embedding(self, model_id: str, image_id: str) -> ImageEmbedding | None:
         """The cached embedding, or None. Reading refreshes its TTL."""
@@ -210,10 +278,32 @@ class EmbeddingCache(abc.ABC):
         return await self._guarded("put", model_id, image_id, self._store(key, payload))
 
     async def get_all(self, model_id: str, image_id: str) -> tuple[ImageEmbedding | None, np.ndarray | None]:
-        """Embedding and low-res logits in one round trip (what the decoder needs per click)."""
+        """Embedding and low-res logits in one round trip (what the decoder needs per click).
+
+        With `local_copies`, an embedding this process has read before costs only its header's write tag.
+        """
+        copies = self.local_copies
+        key = cache_key(model_id, image_id, KIND_EMBEDDING)
+        local = copies.get(key) if copies is not None else None
+        if copies is not None and local is not None:
+            head, logits_payload = await self._read("get_all", model_id, image_id, KINDS, head_only=KIND_EMBEDDING)
+            logits = self._decoded(decode_low_res_logits, logits_payload, model_id, image_id, KIND_LOW_RES_LOGITS)
+            if head is not None and write_tag(head) == local[0]:
+                self._observe(model_id, KIND_EMBEDDING, "hit")
+                return local[1], logits
+            copies.discard(key)
+            if head is None:
+                self._observe(model_id, KIND_EMBEDDING, "miss")
+                return None, logits
+            # Embedded again since this copy was read: read the new value in full below.
         emb_payload, logits_payload = await self._read("get_all", model_id, image_id, KINDS)
+        embedding = self._decoded(decode_embedding, emb_payload, model_id, image_id, KIND_EMBEDDING)
+        if copies is not None and embedding is not None and emb_payload is not None:
+            tag = write_tag(emb_payload)
+            if tag is not None:
+                copies.put(key, tag, embedding)
         return (
-            self._decoded(decode_embedding, emb_payload, model_id, image_id, KIND_EMBEDDING),
+            embedding,
             self._decoded(decode_low_res_logits, logits_payload, model_id, image_id, KIND_LOW_RES_LOGITS),
         )
 
@@ -233,6 +323,14 @@ class EmbeddingCache(abc.ABC):
     @abc.abstractmethod
     async def _fetch(self, keys: Sequence[str]) -> list[bytes | None]:
         """Payloads for `keys` in order (None when absent), refreshing the TTL of those present."""
+
+    async def _fetch_head(self, head_key: str, keys: Sequence[str]) -> list[bytes | None]:
+        """`_fetch(keys)`, but for `head_key` (one of them) only its first `HEADER_BYTES`.
+
+        Backends that hold values remotely override this to move only the header.
+        """
+        values = await self._fetch(keys)
+        return [v[:HEADER_BYTES] if k == head_key and v is not None else v for k, v in zip(keys, values, strict=True)]
 
     @abc.abstractmethod
     async def _store(self, key: str, payload: bytes) -> int:
@@ -256,10 +354,16 @@ class EmbeddingCache(abc.ABC):
             )
             raise
 
-    async def _read(self, op: str, model_id: str, image_id: str, kinds: Sequence[str]) -> list[bytes | None]:
+    async def _read(
+        self, op: str, model_id: str, image_id: str, kinds: Sequence[str], *, head_only: str | None = None
+    ) -> list[bytes | None]:
         keys = [cache_key(model_id, image_id, kind) for kind in kinds]
+        if head_only is None:
+            fetch = self._fetch(keys)
+        else:
+            fetch = self._fetch_head(cache_key(model_id, image_id, head_only), keys)
         try:
-            return await self._guarded(op, model_id, image_id, self._fetch(keys))
+            return await self._guarded(op, model_id, image_id, fetch)
         except CacheUnavailable:
             for kind in kinds:
                 self._observe(model_id, kind, "unavailable")
@@ -377,6 +481,28 @@ class RedisEmbeddingCache(EmbeddingCache):
             return [v if isinstance(v, bytes) else None for v in values]
 
         return await self._call("get", getex)
+
+    async def _fetch_head(self, head_key: str, keys: Sequence[str]) -> list[bytes | None]:
+        async def getrange(client: redis_asyncio.Redis) -> list[bytes | None]:
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    if key == head_key:
+                        # GETRANGE does not touch the TTL; PEXPIRE refreshes it as GETEX would.
+                        pipe.getrange(key, 0, HEADER_BYTES - 1)
+                        pipe.pexpire(key, self._ttl_ms)
+                    else:
+                        pipe.getex(key, px=self._ttl_ms)
+                replies = iter(await pipe.execute())
+            values: list[bytes | None] = []
+            for key in keys:
+                value = next(replies)
+                if key == head_key:
+                    next(replies)  # PEXPIRE's 0/1
+                    value = value or None  # GETRANGE of a missing key is b""
+                values.append(value if isinstance(value, bytes) else None)
+            return values
+
+        return await self._call("get", getrange)
 
     async def _store(self, key: str, payload: bytes) -> int:
         await self._call("set", lambda client: client.set(key, payload, px=self._ttl_ms))

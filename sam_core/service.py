@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sam_core.cache import EmbeddingCache, image_id_hash, make_cache
+from sam_core.cache import EmbeddingCache, LocalEmbeddingCopies, image_id_hash, make_cache
 from sam_core.checkpoints import resolve_checkpoint
 from sam_core.decoder import LOW_RES_SHAPE, DecoderOutput, OnnxDecoder, decoder_filename
 from sam_core.embedding import ImageEmbedding
@@ -162,7 +162,10 @@ class DecoderService:
     @classmethod
     def from_settings(cls, settings: Settings, *, threads: int) -> DecoderService:
         decoder, identity = open_decoder(settings, threads=threads)
-        return cls(decoder, identity, cache_from_settings(settings))
+        cache = cache_from_settings(settings)
+        if cache.shared and settings.decoder_local_cache_bytes:
+            cache.local_copies = LocalEmbeddingCopies(settings.decoder_local_cache_bytes)
+        return cls(decoder, identity, cache)
 
     async def load_inputs(self, job: SegmentJob) -> tuple[ImageEmbedding, np.ndarray | None]:
         """The job's embedding and the mask input to use (None: no mask input).
@@ -227,11 +230,25 @@ class DecoderService:
         started = time.perf_counter()
         embedding, mask_input = await self.load_inputs(job)
         loaded = time.perf_counter()
-        output = await loop.run_in_executor(executor, self.decode, embedding, job, mask_input)
-        decoded = time.perf_counter()
-        remembered = asyncio.ensure_future(self.remember(job, output))
-        body, media_type = await loop.run_in_executor(executor, encode_output, output, job.format)
-        await remembered
-        done = time.perf_counter()
-        timings = {"load_s": loaded - started, "decode_s": decoded - loaded, "encode_s": done - decoded}
+        # Decode and encode in one hop to the worker thread: each hop costs a thread wake-up.
+        output, (body, media_type), decode_s, encode_s = await loop.run_in_executor(
+            executor, self._decode_and_encode, embedding, job, mask_input
+        )
+        stored = time.perf_counter()
+        await self.remember(job, output)
+        timings = {
+            "load_s": loaded - started,
+            "decode_s": decode_s,
+            "encode_s": encode_s,
+            "store_s": time.perf_counter() - stored,
+        }
         return SegmentResult(body=body, media_type=media_type, timings=timings)
+
+    def _decode_and_encode(
+        self, embedding: ImageEmbedding, job: SegmentJob, mask_input: np.ndarray | None
+    ) -> tuple[DecoderOutput, tuple[dict[str, Any] | bytes, str], float, float]:
+        started = time.perf_counter()
+        output = self.decode(embedding, job, mask_input)
+        decoded = time.perf_counter()
+        encoded = encode_output(output, job.format)
+        return output, encoded, decoded - started, time.perf_counter() - decoded

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     decoder_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = CPUs")
     decoder_providers: tuple[str, ...] = Field(default=("CPUExecutionProvider",))
     decoder_quantize: bool = Field(default=False, description="int8 dynamic quantisation of the decoder")
+    decoder_local_cache_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="per decoder replica: decoded embeddings kept locally (4 MiB each), checked against the "
+        "shared cache by an 8-byte tag on every click; 0 = read every embedding in full",
+    )
     redis_url: str | None = Field(default=None, description="redis://host:port/db; None = in-memory cache")
     cache_ttl_s: int = Field(default=3600, gt=0, description="time to live of every cached entry")
     cache_timeout_s: float = Field(default=0.5, gt=0, description="Redis socket timeout per operation")

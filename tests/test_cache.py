@@ -16,6 +16,7 @@ from sam_core.cache import (
     LOW_RES_LOGITS_SHAPE,
     CorruptCacheEntryError,
     EmbeddingCache,
+    LocalEmbeddingCopies,
     MemoryEmbeddingCache,
     RedisEmbeddingCache,
     cache_key,
@@ -220,6 +221,101 @@ def test_get_all_reports_missing_logits_as_none(new_cache: CacheFactory, rng: np
 
     restored_embedding, restored_logits = run(scenario())
     assert restored_embedding is not None and restored_logits is None
+
+
+def with_local_copies(cache: EmbeddingCache, max_bytes: int = 64 * 1024 * 1024) -> EmbeddingCache:
+    cache.local_copies = LocalEmbeddingCopies(max_bytes)
+    return cache
+
+
+def test_local_copy_answers_follow_ups_with_the_same_values(new_cache: CacheFactory, rng: np.random.Generator) -> None:
+    cache, embedding, logits = with_local_copies(new_cache()), random_embedding(rng), random_logits(rng)
+
+    async def scenario() -> list[tuple[ImageEmbedding | None, np.ndarray | None]]:
+        await cache.put_embedding(MODEL, "img-1", embedding)
+        first = await cache.get_all(MODEL, "img-1")
+        await cache.put_low_res_logits(MODEL, "img-1", logits)
+        second = await cache.get_all(MODEL, "img-1")
+        await cache.close()
+        return [first, second]
+
+    (first, no_logits), (second, second_logits) = run(scenario())
+    assert first is not None and second is not None and no_logits is None
+    assert second is first, "the follow-up read did not use the local copy"
+    assert_fp16_close(second.embedding, embedding.embedding)
+    assert not second.embedding.flags.writeable, "a shared copy must be read-only"
+    assert second_logits is not None, "logits written after the first read must still be read"
+    assert_fp16_close(second_logits, logits)
+
+
+def test_local_copy_is_replaced_when_the_image_id_is_embedded_again(
+    new_cache: CacheFactory, rng: np.random.Generator
+) -> None:
+    cache, old, new = with_local_copies(new_cache()), random_embedding(rng), random_embedding(rng)
+
+    async def scenario() -> ImageEmbedding | None:
+        await cache.put_embedding(MODEL, "img-1", old)
+        await cache.get_all(MODEL, "img-1")
+        await cache.put_embedding(MODEL, "img-1", new)  # e.g. evicted, then embedded from another image
+        restored, _ = await cache.get_all(MODEL, "img-1")
+        await cache.close()
+        return restored
+
+    restored = run(scenario())
+    assert restored is not None
+    assert_fp16_close(restored.embedding, new.embedding)
+    assert restored.original_size == new.original_size
+
+
+def test_local_copy_is_not_served_once_the_shared_entry_is_gone(
+    new_cache: CacheFactory, rng: np.random.Generator
+) -> None:
+    cache = with_local_copies(new_cache())
+
+    async def scenario() -> tuple[ImageEmbedding | None, np.ndarray | None]:
+        await cache.put_embedding(MODEL, "img-1", random_embedding(rng))
+        await cache.get_all(MODEL, "img-1")
+        await cache.delete(MODEL, "img-1")
+        both = await cache.get_all(MODEL, "img-1")
+        await cache.close()
+        return both
+
+    assert run(scenario()) == (None, None)
+    assert cache.local_copies is not None and len(cache.local_copies) == 0
+
+
+def test_follow_ups_answered_from_the_local_copy_keep_the_entry_alive(
+    new_cache: CacheFactory, rng: np.random.Generator
+) -> None:
+    ttl_s = 0.6
+    cache = with_local_copies(new_cache(ttl_s=ttl_s))
+
+    async def scenario() -> bool:
+        await cache.put_embedding(MODEL, "img-1", random_embedding(rng))
+        end = time.monotonic() + 2 * ttl_s
+        while time.monotonic() < end:
+            embedding, _ = await cache.get_all(MODEL, "img-1")
+            if embedding is None:
+                return False
+            await asyncio.sleep(ttl_s / 6)
+        # Read by another process without copies: the shared entry itself must still be there.
+        alive = await cache.get_embedding(MODEL, "img-1") is not None
+        await cache.close()
+        return alive
+
+    assert run(scenario()), "the shared entry expired while follow-ups read only its header"
+
+
+def test_local_copies_keep_the_most_recently_used_within_their_bound(rng: np.random.Generator) -> None:
+    one = random_embedding(rng).embedding.nbytes
+    copies = LocalEmbeddingCopies(max_bytes=2 * one)
+    for name in ("a", "b"):
+        copies.put(name, b"tag-" + name.encode(), random_embedding(rng))
+    assert copies.get("a") is not None  # "a" is now the most recent
+    copies.put("c", b"tag-c", random_embedding(rng))
+    assert copies.get("b") is None
+    assert copies.get("a") is not None and copies.get("c") is not None
+    assert len(copies) == 2
 
 
 def test_delete_forgets_embedding_and_logits(new_cache: CacheFactory, rng: np.random.Generator) -> None:
