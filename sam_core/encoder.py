@@ -3,10 +3,18 @@
 The encoder is ~90 % of SAM's compute and runs once per image; batching several images into one forward pass
 is what keeps a GPU busy. Images of any size are resized to a longest side of 1024 before they reach the
 network, so memory per image is bounded whatever the client sends.
+
+Speed options (each off by default here, so the default is the exact fp32 network) are applied to a copy of the image
+encoder's module tree that shares its weights, so the caller's model is never changed: fused attention
+(`scaled_dot_product_attention` with SAM's relative-position bias as its mask), channels-last convolutions,
+and `torch.compile`. bench/bench_encoder.py measures each against fp32 for speed and fidelity.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
+import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -18,6 +26,7 @@ from sam_core.errors import ConfigurationError, InvalidInput
 if TYPE_CHECKING:
     import torch
     from segment_anything.modeling import Sam
+    from segment_anything.modeling.image_encoder import Attention
 
 _AUTOCAST_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -31,6 +40,15 @@ class ImageEncoder:
         dtype: "float32" (exact), or "float16"/"bfloat16" autocast (reduced precision, for GPUs);
             embeddings are returned as float32 either way.
         max_batch_size: the most images per forward pass; longer lists are embedded in chunks.
+        fused_attention: run the ViT blocks' attention through `scaled_dot_product_attention`, with the
+            decomposed relative-position bias as a float mask: the same math (fp32 rounding differences only)
+            in a fused kernel. The (B, heads, N, N) bias is still built, but the logits and softmax copies
+            are not (vit_b, 2 images, fp32: peak memory 5.1 -> 3.5 GB).
+        channels_last: convolutions (patch embedding, neck) and the input batch in channels-last layout. The
+            patch embedding's output then permutes to a contiguous (B, H, W, C) token grid; in the standard
+            layout it is a strided view that `x + pos_embed` and every residual add carry through all blocks.
+        compile: `torch.compile` the image encoder; compiled lazily on the first embed of each batch
+            size (slow, and needs a C++ compiler on the CPU), faster afterwards where inductor helps.
     """
 
     def __init__(
@@ -40,6 +58,9 @@ class ImageEncoder:
         device: torch.device | str = "cpu",
         dtype: str = "float32",
         max_batch_size: int = 8,
+        fused_attention: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         import torch
         from segment_anything.utils.transforms import ResizeLongestSide
@@ -48,10 +69,21 @@ class ImageEncoder:
             raise ConfigurationError(f"encoder dtype must be one of {_AUTOCAST_DTYPES}, got {dtype!r}")
         if max_batch_size < 1:
             raise ConfigurationError("max_batch_size must be >= 1", field="max_batch_size")
+        options = {"fused_attention": fused_attention, "channels_last": channels_last, "compile": compile}
+        for name, value in options.items():
+            # A YAML or env string such as "false" is truthy: refuse it rather than switch the option on.
+            if not isinstance(value, bool):
+                raise ConfigurationError(f"must be true or false, got {value!r}", field=name)
         self.device = torch.device(device)
         self.sam = sam.to(self.device).eval()
         self.dtype = dtype
         self.max_batch_size = max_batch_size
+        self.fused_attention = fused_attention
+        self.channels_last = channels_last
+        self.compile = compile
+        self.image_encoder = _fast_image_encoder(
+            sam.image_encoder, fused_attention=fused_attention, channels_last=channels_last, compile=compile
+        )
         self.img_size: int = sam.image_encoder.img_size
         self.transform = ResizeLongestSide(self.img_size)
 
@@ -95,8 +127,10 @@ class ImageEncoder:
 
         prepared = [self.preprocess(image) for image in images]
         batch = torch.cat([tensor for tensor, _, _ in prepared], dim=0)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            features = self.sam.image_encoder(batch)
+            features = self.image_encoder(batch)
         features_np = features.float().cpu().numpy()
         return [
             ImageEmbedding(
@@ -113,3 +147,78 @@ class ImageEncoder:
         enabled = self.dtype != "float32"
         target = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.dtype, torch.float32)
         return torch.autocast(device_type=self.device.type, dtype=target, enabled=enabled)
+
+
+def _fast_image_encoder(
+    encoder: torch.nn.Module, *, fused_attention: bool, channels_last: bool, compile: bool
+) -> torch.nn.Module:
+    """`encoder` itself when no option is on; else a copy of its module tree with the options applied.
+
+    The copy shares every parameter tensor with `encoder` (no second set of weights), so the caller's model,
+    which a SamPredictor or another ImageEncoder may also use, keeps its exact fp32 forward.
+    """
+    import torch
+
+    if not (fused_attention or channels_last or compile):
+        return encoder
+    shared = {id(tensor): tensor for tensor in itertools.chain(encoder.parameters(), encoder.buffers())}
+    fast = copy.deepcopy(encoder, memo=shared)
+    if fused_attention:
+        from segment_anything.modeling.image_encoder import Attention
+
+        for module in fast.modules():
+            if isinstance(module, Attention):
+                # Bound to this instance only: segment_anything's Attention class is left alone.
+                module.forward = types.MethodType(_sdpa_attention_forward, module)
+    if channels_last:
+        for module in fast.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                # A new Parameter on the copy; `.to(memory_format=...)` would re-layout the shared tensor too.
+                weight = module.weight.detach().contiguous(memory_format=torch.channels_last)
+                module.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if compile:
+        compiled: torch.nn.Module = torch.compile(fast)  # type: ignore[assignment]
+        return compiled
+    return fast
+
+
+def _sdpa_attention_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
+    """`segment_anything`'s `Attention.forward` through `scaled_dot_product_attention`.
+
+    Args:
+        x: (B, H, W, C) tokens; B counts windows for windowed blocks, H = W = 14 (vit_*) there, and the
+            64x64 token grid of the 1024 input frame for global blocks.
+
+    Returns:
+        (B, H, W, C), equal to the original forward up to fp32 rounding.
+    """
+    from torch.nn.functional import scaled_dot_product_attention
+
+    batch, height, width, _ = x.shape
+    qkv = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    query, key, value = qkv.unbind(0)  # each (B, heads, H*W, head_dim)
+    bias = _decomposed_rel_pos_bias(self, query, height, width) if self.use_rel_pos else None
+    out = scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=self.scale)
+    out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
+    result: torch.Tensor = self.proj(out)
+    return result
+
+
+def _decomposed_rel_pos_bias(attention: Attention, query: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """SAM's decomposed relative-position term as an additive attention mask.
+
+    The original adds `rel_h[q, k_row] + rel_w[q, k_col]` to the (query, key) logits; here the same sum is
+    built as a (B, heads, H*W, H*W) float mask for `scaled_dot_product_attention` (in the query's dtype,
+    which is what SDPA accepts under autocast).
+    """
+    import torch
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    rows = get_rel_pos(height, height, attention.rel_pos_h)  # (query row, key row, head_dim)
+    cols = get_rel_pos(width, width, attention.rel_pos_w)  # (query col, key col, head_dim)
+    batch, heads, tokens, head_dim = query.shape
+    grid = query.reshape(batch, heads, height, width, head_dim)
+    rel_rows = torch.einsum("bnhwc,hkc->bnhwk", grid, rows)  # (B, heads, H, W, key row)
+    rel_cols = torch.einsum("bnhwc,wkc->bnhwk", grid, cols)  # (B, heads, H, W, key col)
+    bias = rel_rows[..., :, None] + rel_cols[..., None, :]  # (B, heads, H, W, key row, key col)
+    return bias.reshape(batch, heads, tokens, tokens).to(query.dtype)

@@ -78,7 +78,13 @@ class EncoderService:
     def from_settings(cls, settings: Settings, *, max_batch_size: int = 8) -> EncoderService:
         model = load_configured_model(settings)
         encoder = ImageEncoder(
-            model.sam, device=model.device, dtype=settings.encoder_dtype, max_batch_size=max_batch_size
+            model.sam,
+            device=model.device,
+            dtype=settings.encoder_dtype,
+            max_batch_size=max_batch_size,
+            fused_attention=settings.encoder_fused_attention,
+            channels_last=settings.encoder_channels_last,
+            compile=settings.encoder_compile,
         )
         return cls(encoder, model.identity, cache_from_settings(settings), device=str(model.device))
 

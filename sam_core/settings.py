@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     encoder_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         default="float32", description="autocast dtype of the image encoder (reduced precision on GPU)"
     )
+    # On by default: same fp32 math within 1e-5 relative L2 of the standard encoder, and faster
+    # (bench/bench_encoder.py); off gives the exact segment_anything forward.
+    encoder_fused_attention: bool = Field(
+        default=True, description="image-encoder attention through scaled_dot_product_attention"
+    )
+    encoder_channels_last: bool = Field(default=True, description="channels-last layout in the image encoder")
+    encoder_compile: bool = Field(
+        default=False,
+        description="torch.compile the image encoder: compiled on first use of each batch size (tens of seconds), "
+        "needs a C++ compiler on the CPU",
+    )
     decoder_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = CPUs")
     decoder_providers: tuple[str, ...] = Field(default=("CPUExecutionProvider",))
     decoder_quantize: bool = Field(default=False, description="int8 dynamic quantisation of the decoder")
