@@ -224,12 +224,38 @@ class Bench:
 # ---- 1. follow-up latency ---------------------------------------------------------------------------------
 
 
+@dataclass
+class FollowUps:
+    http_times: list[float]
+    bare_times: list[float]
+    timings: list[dict[str, float]]
+
+    @property
+    def ratio(self) -> float:
+        return median(self.http_times) / median(self.bare_times)
+
+    def outside_replica(self) -> list[float]:
+        """Per click: the HTTP time minus the ingress's own time (proxy, HTTP, FastAPI parsing)."""
+        return [h - t.get("total", 0.0) for h, t in zip(self.http_times, self.timings, strict=True)]
+
+    def hop(self) -> list[float]:
+        """Per click: the ingress's time minus the decoder replica's stages (the handle hop both ways)."""
+        return [t.get("total", 0.0) - sum(t.get(s, 0.0) for s in STAGES) for t in self.timings]
+
+
+STAGES = ("load", "decode", "encode", "store")
+
+
 def follow_up_latency(bench: Bench, report: Report, clicks: int, threads: int) -> None:
+    print(f"[1] follow-up click latency: 1 decoder replica, {threads} threads, {clicks} clicks each side", flush=True)
+    report_follow_ups(report, measure_follow_ups(bench, clicks, threads))
+
+
+def measure_follow_ups(bench: Bench, clicks: int, threads: int) -> FollowUps:
     from sam_core.decoder import OnnxDecoder
     from sam_core.encoder import ImageEncoder
     from sam_core.prompts import build_prompt
 
-    print(f"[1] follow-up click latency: 1 decoder replica, {threads} threads, {clicks} clicks each side", flush=True)
     bench.deploy("vit_tiny", decoders=1, decoder_threads=threads)
     pixels = sample_image()
     model = bench.load("vit_tiny")
@@ -253,12 +279,19 @@ def follow_up_latency(bench: Bench, report: Report, clicks: int, threads: int) -
             http_times.append(time.perf_counter() - started)
             response.raise_for_status()
             timings.append(parse_server_timing(response.headers.get("Server-Timing", "")))
+    return FollowUps(http_times, bare_times, timings)
+
+
+def report_follow_ups(report: Report, runs: FollowUps) -> None:
+    http_times, bare_times, timings = runs.http_times, runs.bare_times, runs.timings
     http_p50, bare_p50 = median(http_times), median(bare_times)
-    stages = ("load", "decode", "encode", "store")
-    parts = {name: median([t.get(name, 0.0) for t in timings]) for name in (*stages, "total")}
-    outside = median([h - t.get("total", 0.0) for h, t in zip(http_times, timings, strict=True)])
-    hop = median([t.get("total", 0.0) - sum(t.get(name, 0.0) for name in stages) for t in timings])
-    ratio = http_p50 / bare_p50
+    parts = {name: median([t.get(name, 0.0) for t in timings]) for name in (*STAGES, "total")}
+    outside, hop = median(runs.outside_replica()), median(runs.hop())
+    ratio = runs.ratio
+    # Random weights give a mask of thousands of specks, whose contours cost ~10x a real SAM mask's. What the
+    # click would cost with a SAM-like mask's polygons (full size and low-res), timed here, is an estimate.
+    sam_like_s = sam_like_polygon_seconds()
+    estimate = (http_p50 - parts["encode"] + sam_like_s) / bare_p50
     report.add(
         Row(
             "follow-up click over HTTP vs bare decoder call (p50)",
@@ -273,9 +306,28 @@ def follow_up_latency(bench: Bench, report: Report, clicks: int, threads: int) -
                 f"cache read {ms(parts['load'])}, decode {ms(parts['decode'])}, polygons {ms(parts['encode'])}, "
                 f"logits write {ms(parts['store'])}; ingress<->decoder hop {ms(hop)}; "
                 f"proxy + HTTP {ms(outside)}",
+                f"estimate with a SAM-like mask's polygons ({ms(sam_like_s)} instead of {ms(parts['encode'])}): "
+                f"ratio {estimate:.2f}",
             ],
         )
     )
+
+
+def sam_like_polygon_seconds(repeats: int = 20) -> float:
+    """Median time of the json encoding (both polygons) of a SAM-like 1500x2250 mask (bench_masks' model)."""
+    from bench_masks import sam_like_logits
+
+    from sam_core.decoder import DecoderOutput
+    from sam_core.service import encode_output
+
+    low_res, logits = sam_like_logits(np.random.default_rng(0))
+    output = DecoderOutput(mask_logits=logits[None], iou_scores=np.ones(1, np.float32), low_res_logits=low_res[None])
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encode_output(output, "json")
+        times.append(time.perf_counter() - started)
+    return median(times)
 
 
 # ---- 2. follow-up throughput ------------------------------------------------------------------------------
@@ -411,6 +463,71 @@ def cold_request(bench: Bench, report: Report, model_type: str, repeats: int) ->
                 f"ingress time (image decode, encoder, cache write, decoder) {ms(median(encoder_times))}; "
                 "the rest is the JPEG body over HTTP and the proxy"
             ],
+        )
+    )
+
+
+# ---- decoder options ----------------------------------------------------------------------------------------
+
+
+def decoder_options(bench: Bench, report: Report, clicks: int) -> None:
+    """int8 vs fp32 (time, mask IoU), single-mask vs multimask model, 2 threads vs 1: bare calls, alternated."""
+    from sam_core.decoder import OnnxDecoder
+    from sam_core.encoder import ImageEncoder
+    from sam_core.prompts import build_prompt
+
+    print(f"[d] decoder options: {clicks} clicks each, alternated", flush=True)
+    model = bench.load("vit_tiny")
+    embedding = ImageEncoder(model.sam).embed(sample_image())
+    cache = bench.work / "cache"
+    fp32 = OnnxDecoder.for_model(model.sam, model.identity, cache, threads=2)
+    int8 = OnnxDecoder.for_model(model.sam, model.identity, cache, threads=2, quantized=True)
+    one_thread = OnnxDecoder.for_model(model.sam, model.identity, cache, threads=1)
+    rng = np.random.default_rng(0)
+    times: dict[str, list[float]] = {"fp32": [], "int8": [], "multimask": [], "1 thread": []}
+    ious = []
+    for _ in range(clicks):
+        point = [[float(rng.uniform(0, WIDTH)), float(rng.uniform(0, HEIGHT))]]
+        prompt = build_prompt(point, [1], embedding.original_size)
+        outputs = {}
+        for name, decoder, multimask in (
+            ("fp32", fp32, False),
+            ("int8", int8, False),
+            ("multimask", fp32, True),
+            ("1 thread", one_thread, False),
+        ):
+            started = time.perf_counter()
+            outputs[name] = decoder.decode(embedding, prompt, multimask=multimask)
+            times[name].append(time.perf_counter() - started)
+        a, b = outputs["fp32"].masks[0], outputs["int8"].masks[0]
+        union = np.logical_or(a, b).sum()
+        ious.append(1.0 if union == 0 else float(np.logical_and(a, b).sum() / union))
+    p50 = {name: median(values) for name, values in times.items()}
+    report.add(
+        Row(
+            "decoder int8 (dynamic quantisation) vs fp32, one click, p50",
+            ms(p50["int8"]),
+            ms(p50["fp32"]),
+            p50["int8"] / p50["fp32"],
+            "IoU >= 0.98",
+            min(ious) >= 0.98,
+            notes=[f"binary-mask IoU vs fp32, {clicks} random clicks: min {min(ious):.3f}, mean {np.mean(ious):.3f}"],
+        )
+    )
+    report.add(
+        Row(
+            "decoder single-mask model vs multimask model (multimask_output false vs true)",
+            ms(p50["fp32"]),
+            ms(p50["multimask"]),
+            p50["fp32"] / p50["multimask"],
+        )
+    )
+    report.add(
+        Row(
+            "decoder 2 intra-op threads vs 1 (ONNX Runtime, a replica's CPUs)",
+            ms(p50["fp32"]),
+            ms(p50["1 thread"]),
+            p50["fp32"] / p50["1 thread"],
         )
     )
 
@@ -613,7 +730,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         type=lambda text: set(text.split(",")),
-        help="comma-separated sections: latency,throughput,session,redis,cold,encoder,encodings",
+        help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings",
     )
     args = parser.parse_args()
 
@@ -642,6 +759,7 @@ def main() -> None:
                 ("session", lambda: encoder_runs(bench, report, clicks=20)),
                 ("redis", lambda: redis_bytes(bench, report)),
                 ("cold", lambda: cold_request(bench, report, "vit_tiny", repeats=5)),
+                ("decoder", lambda: decoder_options(bench, report, clicks=20)),
                 ("encoder", lambda: encoder_batching(bench, report, "vit_tiny", batch=4, repeats=3)),
                 ("cold", lambda: args.quick or cold_request(bench, report, "vit_b", repeats=2)),
                 ("encoder", lambda: args.quick or encoder_batching(bench, report, "vit_b", batch=2, repeats=1)),
