@@ -461,7 +461,7 @@ def cold_request(bench: Bench, report: Report, model_type: str, repeats: int) ->
             ratio <= 1.1,
             notes=[
                 f"ingress time (image decode, encoder, cache write, decoder) {ms(median(encoder_times))}; "
-                "the rest is the JPEG body over HTTP and the proxy"
+                "the rest is the PNG body over HTTP and the proxy"
             ],
         )
     )
@@ -537,16 +537,31 @@ def decoder_options(bench: Bench, report: Report, clicks: int) -> None:
 
 def encoder_batching(bench: Bench, report: Report, model_type: str, batch: int, repeats: int) -> None:
     import torch
+    from segment_anything import SamPredictor
 
     from sam_core.encoder import ImageEncoder
 
-    print(f"[4] encoder, {model_type}: batch of {batch} vs one at a time", flush=True)
+    print(f"[4] encoder, {model_type}: batch of {batch} vs one at a time vs SamPredictor", flush=True)
     model = bench.load(model_type)
-    encoder = ImageEncoder(model.sam, device=model.device, max_batch_size=batch)
+    defaults = bench.settings(model_type)  # the service's encoder options
+    encoder = ImageEncoder(
+        model.sam,
+        device=model.device,
+        max_batch_size=batch,
+        dtype=defaults.encoder_dtype,
+        fused_attention=defaults.encoder_fused_attention,
+        channels_last=defaults.encoder_channels_last,
+        compile=defaults.encoder_compile,
+    )
+    predictor = SamPredictor(model.sam)
     images = [sample_image(200 + i) for i in range(batch)]
     encoder.embed(images[0])  # warm-up
-    batched, single = [], []
+    batched, single, reference = [], [], []
     for _ in range(repeats):
+        started = time.perf_counter()
+        for image in images:
+            predictor.set_image(image)
+        reference.append(time.perf_counter() - started)
         started = time.perf_counter()
         encoder.embed_batch(images)
         batched.append(time.perf_counter() - started)
@@ -555,13 +570,29 @@ def encoder_batching(bench: Bench, report: Report, model_type: str, batch: int, 
             encoder.embed(image)
         single.append(time.perf_counter() - started)
     batched_rate, single_rate = batch / min(batched), batch / min(single)
+    reference_rate = batch / min(reference)
+    options = (
+        f"{defaults.encoder_dtype}, fused attention {defaults.encoder_fused_attention}, "
+        f"channels-last {defaults.encoder_channels_last}, compile {defaults.encoder_compile}"
+    )
     report.add(
         Row(
             f"encoder images/s, {model_type}, batch {batch} vs 1 at a time ({model.device})",
             f"{batched_rate:.3g}/s",
             f"{single_rate:.3g}/s",
             batched_rate / single_rate,
-            notes=[f"torch {torch.__version__}, {torch.get_num_threads()} threads"],
+            notes=[f"torch {torch.__version__}, {torch.get_num_threads()} threads; service options: {options}"],
+        )
+    )
+    best = max(batched_rate, single_rate)
+    report.add(
+        Row(
+            f"encoder images/s, {model_type}, service (best of batched/single) vs SamPredictor fp32 one at a time",
+            f"{best:.3g}/s",
+            f"{reference_rate:.3g}/s",
+            best / reference_rate,
+            ">= 4 (GPU)",
+            notes=["the issue's 4x target is for a GPU; none was lent, so this is the CPU figure"],
         )
     )
 
@@ -615,8 +646,10 @@ def encodings(report: Report, repeats: int) -> None:
             )
         )
     embedding = (rng.standard_normal((1, 256, 64, 64)) * 0.1).astype(np.float32)
-    seed_json_ms, seed_json = timed_ms(lambda: embedding.tolist(), max(1, repeats // 3))
-    seed_json_bytes = size_of(seed_json)
+    seed_json_ms, seed_json = timed_ms(
+        lambda: json.dumps(embedding.tolist(), separators=(",", ":")), max(1, repeats // 3)
+    )
+    seed_json_bytes = len(str(seed_json))
     npy_ms, npy = timed_ms(lambda: sam_masks.embedding_to_npy(embedding), repeats)
     report.add(
         Row(
@@ -674,6 +707,10 @@ def encoder_runs(bench: Bench, report: Report, clicks: int) -> None:
     pixels = sample_image(300)
     image = {"type": "base64", "value": image_base64(pixels)}
     replicas = set()
+    import redis
+
+    redis_client = redis.Redis.from_url(bench.redis_url)
+    sent_before, counted = 0, 0
     with httpx.Client(base_url=bench.base_url, timeout=120) as client:
         for index in range(clicks):
             point = [[float(200 + 90 * index), float(300 + 40 * index)]]
@@ -683,8 +720,26 @@ def encoder_runs(bench: Bench, report: Report, clicks: int) -> None:
                 body["image"] = image
             response = client.post(SEGMENT, json=body)
             response.raise_for_status()
+            if len(replicas) == 2:
+                counted += 1
             replicas.add(response.headers["X-Decoder-Replica"])
+            if len(replicas) == 2 and not sent_before:  # from here on both replicas hold a local copy
+                sent_before = int(redis_client.info("stats")["total_net_output_bytes"])
     served_runs = encoder.stats.remote().result()["images_embedded"] - before
+    sent_per_click = (int(redis_client.info("stats")["total_net_output_bytes"]) - sent_before) / max(1, counted)
+    full_read = sum(int(redis_client.strlen(key)) for key in redis_client.scan_iter(match="sam:*"))
+    report.add(
+        Row(
+            "Redis bytes sent per follow-up click (local copies + tag check) vs a full read of the entry",
+            f"{sent_per_click:,.0f} B",
+            f"{full_read:,d} B",
+            sent_per_click / full_read,
+            notes=[
+                f"Redis INFO total_net_output_bytes over the {counted} clicks after both replicas had answered "
+                "one; reference: STRLEN of the image's keys"
+            ],
+        )
+    )
 
     # The seed's design: each worker process holds the model and its own in-process cache; a round-robin
     # balancer spreads the session's clicks, and each request carries the image (so a worker that has not

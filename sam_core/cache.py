@@ -277,17 +277,21 @@ class EmbeddingCache(abc.ABC):
         payload = encode_low_res_logits(logits)
         return await self._guarded("put", model_id, image_id, self._store(key, payload))
 
-    async def get_all(self, model_id: str, image_id: str) -> tuple[ImageEmbedding | None, np.ndarray | None]:
+    async def get_all(
+        self, model_id: str, image_id: str, *, with_logits: bool = True
+    ) -> tuple[ImageEmbedding | None, np.ndarray | None]:
         """Embedding and low-res logits in one round trip (what the decoder needs per click).
 
         With `local_copies`, an embedding this process has read before costs only its header's write tag.
+        `with_logits=False` skips the logits (None) for a click that does not feed them back.
         """
+        kinds = KINDS if with_logits else (KIND_EMBEDDING,)
         copies = self.local_copies
         key = cache_key(model_id, image_id, KIND_EMBEDDING)
         local = copies.get(key) if copies is not None else None
         if copies is not None and local is not None:
-            head, logits_payload = await self._read("get_all", model_id, image_id, KINDS, head_only=KIND_EMBEDDING)
-            logits = self._decoded(decode_low_res_logits, logits_payload, model_id, image_id, KIND_LOW_RES_LOGITS)
+            head, *rest = await self._read("get_all", model_id, image_id, kinds, head_only=KIND_EMBEDDING)
+            logits = self._decoded_logits(rest, model_id, image_id)
             if head is not None and write_tag(head) == local[0]:
                 self._observe(model_id, KIND_EMBEDDING, "hit")
                 return local[1], logits
@@ -296,16 +300,19 @@ class EmbeddingCache(abc.ABC):
                 self._observe(model_id, KIND_EMBEDDING, "miss")
                 return None, logits
             # Embedded again since this copy was read: read the new value in full below.
-        emb_payload, logits_payload = await self._read("get_all", model_id, image_id, KINDS)
+        emb_payload, *rest = await self._read("get_all", model_id, image_id, kinds)
         embedding = self._decoded(decode_embedding, emb_payload, model_id, image_id, KIND_EMBEDDING)
         if copies is not None and embedding is not None and emb_payload is not None:
             tag = write_tag(emb_payload)
             if tag is not None:
                 copies.put(key, tag, embedding)
-        return (
-            embedding,
-            self._decoded(decode_low_res_logits, logits_payload, model_id, image_id, KIND_LOW_RES_LOGITS),
-        )
+        return embedding, self._decoded_logits(rest, model_id, image_id)
+
+    def _decoded_logits(self, payloads: list[bytes | None], model_id: str, image_id: str) -> np.ndarray | None:
+        """The logits read alongside an embedding (`payloads` empty: not asked for, nothing observed)."""
+        if not payloads:
+            return None
+        return self._decoded(decode_low_res_logits, payloads[0], model_id, image_id, KIND_LOW_RES_LOGITS)
 
     async def delete(self, model_id: str, image_id: str) -> None:
         """Forget everything cached for this image under this model."""

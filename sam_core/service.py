@@ -185,7 +185,7 @@ class DecoderService:
         if embedding is None:
             if job.cache_key is None:
                 raise InvalidInput("send image, image_id or embeddings", field="image")
-            embedding, cached_logits = await self.cache.get_all(model_id, job.cache_key)
+            embedding, cached_logits = await self.cache.get_all(model_id, job.cache_key, with_logits=wants_cached_mask)
             if embedding is None:
                 raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
         elif wants_cached_mask and job.cache_key is not None:

@@ -306,6 +306,22 @@ def test_follow_ups_answered_from_the_local_copy_keep_the_entry_alive(
     assert run(scenario()), "the shared entry expired while follow-ups read only its header"
 
 
+def test_get_all_without_logits_reads_only_the_embedding(new_cache: CacheFactory, rng: np.random.Generator) -> None:
+    cache, heard = new_cache(), []
+    cache.read_observer = lambda model_id, kind, result: heard.append((kind, result))
+
+    async def scenario() -> tuple[ImageEmbedding | None, np.ndarray | None]:
+        await cache.put_embedding(MODEL, "img-1", random_embedding(rng))
+        await cache.put_low_res_logits(MODEL, "img-1", random_logits(rng))
+        both = await cache.get_all(MODEL, "img-1", with_logits=False)
+        await cache.close()
+        return both
+
+    embedding, logits = run(scenario())
+    assert embedding is not None and logits is None
+    assert heard == [("emb", "hit")]
+
+
 def test_local_copies_keep_the_most_recently_used_within_their_bound(rng: np.random.Generator) -> None:
     one = random_embedding(rng).embedding.nbytes
     copies = LocalEmbeddingCopies(max_bytes=2 * one)
