@@ -198,14 +198,16 @@ class Bench:
         }
         return Settings(**{**values, **overrides})
 
-    def deploy(self, model_type: str, *, decoders: int, decoder_threads: int, encoder_cpus: float = 2) -> None:
+    def deploy(
+        self, model_type: str, *, decoders: int, decoder_threads: int, encoder_cpus: float = 2, **settings: Any
+    ) -> None:
         """(Re)deploy the app; each replica's num_cpus sets its threads, as in production."""
         from ray import serve
 
         from deployments.app import compose
 
         app = compose(
-            self.settings(model_type, decoder_threads=decoder_threads),
+            self.settings(model_type, decoder_threads=decoder_threads, **settings),
             encoder_options={"ray_actor_options": {"num_cpus": encoder_cpus}},
             decoder_options={
                 "num_replicas": decoders,
@@ -247,16 +249,31 @@ STAGES = ("load", "decode", "encode", "store")
 
 
 def follow_up_latency(bench: Bench, report: Report, clicks: int, threads: int) -> None:
+    from sam_core.settings import Settings
+
     print(f"[1] follow-up click latency: 1 decoder replica, {threads} threads, {clicks} clicks each side", flush=True)
-    report_follow_ups(report, measure_follow_ups(bench, clicks, threads))
+    default = Settings.model_fields["decoder_spinning"].default
+    other = measure_follow_ups(bench, clicks, threads, decoder_spinning=not default)
+    runs = measure_follow_ups(bench, clicks, threads, decoder_spinning=default)
+    report_follow_ups(report, runs)
+    report.add(
+        Row(
+            f"follow-up over HTTP, decoder_spinning {default} (default) vs {not default} (p50)",
+            ms(median(runs.http_times)),
+            ms(median(other.http_times)),
+            median(runs.http_times) / median(other.http_times),
+            notes=[f"ratio to the bare call with decoder_spinning {not default}: {other.ratio:.2f}"],
+        )
+    )
 
 
-def measure_follow_ups(bench: Bench, clicks: int, threads: int) -> FollowUps:
+def measure_follow_ups(bench: Bench, clicks: int, threads: int, **settings: Any) -> FollowUps:
+    """Follow-up clicks over HTTP alternated with bare calls (ONNX Runtime's defaults, same threads)."""
     from sam_core.decoder import OnnxDecoder
     from sam_core.encoder import ImageEncoder
     from sam_core.prompts import build_prompt
 
-    bench.deploy("vit_tiny", decoders=1, decoder_threads=threads)
+    bench.deploy("vit_tiny", decoders=1, decoder_threads=threads, **settings)
     pixels = sample_image()
     model = bench.load("vit_tiny")
     embedding = ImageEncoder(model.sam).embed(pixels)

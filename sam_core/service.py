@@ -126,6 +126,7 @@ def open_decoder(settings: Settings, *, threads: int) -> tuple[OnnxDecoder, Mode
         quantized=quantized,
         threads=threads,
         providers=settings.decoder_providers,
+        spinning=settings.decoder_spinning,
     )
     return decoder, identity
 

@@ -132,6 +132,18 @@ def test_exported_decoder_is_reused_from_cache(tiny_model: LoadedModel, decoder_
     assert again == path and path.stat().st_mtime_ns == before
 
 
+def test_sleeping_threads_give_the_same_masks_as_spinning_ones(
+    tiny_model: LoadedModel, tiny_decoder: OnnxDecoder, decoder_dir: Path, scene: tuple
+) -> None:
+    _, embedding, rng = scene
+    sleeping = OnnxDecoder.for_model(tiny_model.sam, tiny_model.identity, decoder_dir, threads=2, spinning=False)
+    prompt = build_prompt(random_points(rng, embedding.original_size, 1).tolist(), [1], embedding.original_size)
+    assert (
+        relative_l2(sleeping.decode(embedding, prompt).mask_logits, tiny_decoder.decode(embedding, prompt).mask_logits)
+        <= 1e-6
+    )
+
+
 @pytest.mark.slow
 def test_int8_decoder_stays_close_to_fp32(
     tiny_model: LoadedModel, tiny_decoder: OnnxDecoder, decoder_dir: Path, scene: tuple
