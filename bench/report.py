@@ -569,22 +569,11 @@ def decoder_options(bench: Bench, report: Report, clicks: int) -> None:
             notes=[f"binary-mask IoU vs fp32, {clicks} random clicks: min {min(ious):.3f}, mean {np.mean(ious):.3f}"],
         )
     )
-    report.add(
-        Row(
-            "decoder single-mask model vs multimask model (multimask_output false vs true)",
-            ms(p50["fp32"]),
-            ms(p50["multimask"]),
-            p50["fp32"] / p50["multimask"],
-        )
-    )
-    report.add(
-        Row(
-            "decoder 2 intra-op threads vs 1 (ONNX Runtime, a replica's CPUs)",
-            ms(p50["fp32"]),
-            ms(p50["1 thread"]),
-            p50["fp32"] / p50["1 thread"],
-        )
-    )
+    for name, reference in (
+        ("decoder single-mask model vs multimask model (multimask_output false vs true)", "multimask"),
+        ("decoder 2 intra-op threads vs 1 (ONNX Runtime, a replica's CPUs)", "1 thread"),
+    ):
+        report.add(Row(name, ms(p50["fp32"]), ms(p50[reference]), p50["fp32"] / p50[reference]))
 
 
 # ---- 4. encoder batching ----------------------------------------------------------------------------------
@@ -655,16 +644,6 @@ def encoder_batching(bench: Bench, report: Report, model_type: str, batch: int, 
 # ---- 5. encodings -----------------------------------------------------------------------------------------
 
 
-def timed_ms(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e3, result
-
-
 def size_of(value: object) -> int:
     if isinstance(value, (bytes, bytearray)):
         return len(value)
@@ -672,6 +651,7 @@ def size_of(value: object) -> int:
 
 
 def encodings(report: Report, repeats: int) -> None:
+    from bench_masks import median_ms as timed_ms
     from bench_masks import npz, sam_like_logits
 
     from sam_core import masks as sam_masks
