@@ -99,6 +99,36 @@ def test_twenty_click_session_embeds_once_and_uses_both_decoders(
     assert len(set(replicas)) == DECODER_REPLICAS, replicas
 
 
+def test_follow_ups_read_only_a_header_from_redis_once_each_replica_holds_a_copy(
+    http: httpx.Client, serve_app: ServeApp, session_image: tuple[np.ndarray, SamPredictor]
+) -> None:
+    import redis
+
+    pixels, predictor = session_image
+    image_id = f"copies-{uuid.uuid4()}"
+    rng = np.random.default_rng()
+    embedded = http.post(
+        "/sam/embed_image", json={"image": {"type": "base64", "value": png_base64(pixels)}, "image_id": image_id}
+    )
+    assert embedded.status_code == 200, embedded.text
+    # Until every replica has answered one id-only click, some replica still reads the entry in full.
+    readers: set[str] = set()
+    for _ in range(40):
+        readers.add(click(http, {"image_id": image_id}, predictor, *random_clicks(rng, pixels.shape, 1)))
+        if len(readers) == DECODER_REPLICAS:
+            break
+    assert len(readers) == DECODER_REPLICAS, readers
+
+    client = redis.Redis.from_url(serve_app.redis.url)
+    sent_before = int(client.info("stats")["total_net_output_bytes"])
+    clicks = 10
+    for _ in range(clicks):
+        click(http, {"image_id": image_id}, predictor, *random_clicks(rng, pixels.shape, 1))
+    per_click = (int(client.info("stats")["total_net_output_bytes"]) - sent_before) / clicks
+    # A full read is 2 MiB of embedding; the tag check is a 48-byte header plus replies.
+    assert per_click < 2048, f"{per_click:.0f} bytes per click left Redis"
+
+
 def decoder_replica_actors() -> list[tuple[str, str]]:
     return [
         (actor["name"], actor["namespace"])
