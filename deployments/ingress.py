@@ -268,14 +268,18 @@ class SamIngress:
             job.embedding = self._client_embedding(request)
             return self._finish(await self._decode(job), job, started, source="client")
 
-        image = None
+        image: LoadedImage | None = None
+        stages: dict[str, float] = {}
         if job.cache_key is None:
-            image = self._load_image(request)
+            image = self._load_image_timed(request, stages)
             job.cache_key = CONTENT_HASH_PREFIX + image.content_sha256
         if not self.cache.shared:
             job.embedding = await self.cache.get_embedding(await self.model_id(), job.cache_key)
+        elif request.image is not None and not await self._probably_cached(job.cache_key):
+            # A new image goes straight to the encoder: asking a decoder first costs a whole handle hop.
+            return await self._encode_and_decode(job, request, image, started, stages)
         try:
-            return self._finish(await self._decode(job), job, started, source="cache")
+            return self._finish(await self._decode(job), job, started, source="cache", stages=stages)
         except CacheMiss:
             if request.image is None:
                 raise
@@ -284,8 +288,40 @@ class SamIngress:
                 raise CacheUnavailable(
                     "the embedding cache is unavailable: resend the request with the image", field="image_id"
                 ) from exc
-        job.embedding = await self._encode(image or self._load_image(request), job.cache_key)
-        return self._finish(await self._decode(job), job, started, source="encoder")
+        return await self._encode_and_decode(job, request, image, started, stages)
+
+    def _load_image_timed(self, request: SegmentImageRequest, stages: dict[str, float]) -> LoadedImage:
+        loading = time.perf_counter()
+        image = self._load_image(request)
+        stages["image_s"] = time.perf_counter() - loading
+        return image
+
+    async def _encode_and_decode(
+        self,
+        job: SegmentJob,
+        request: SegmentImageRequest,
+        image: LoadedImage | None,
+        started: float,
+        stages: dict[str, float],
+    ) -> SegmentResult:
+        """A new image: embed it (the encoder caches it), then decode with the embedding sent inline."""
+        if image is None:
+            image = self._load_image_timed(request, stages)
+        encoding = time.perf_counter()
+        job.embedding = await self._encode(image, job.cache_key or CONTENT_HASH_PREFIX + image.content_sha256)
+        stages["encoder_s"] = time.perf_counter() - encoding
+        return self._finish(await self._decode(job), job, started, source="encoder", stages=stages)
+
+    async def _probably_cached(self, cache_key: str) -> bool:
+        """Whether the shared cache holds this image's embedding (its header only); False when it cannot say.
+
+        Only a hint: an entry evicted after this check is a CacheMiss from the decoder, handled as before. With
+        the cache down, the image in hand is the way that works, so it goes to the encoder.
+        """
+        try:
+            return await self.cache.has_embedding(await self.model_id(), cache_key)
+        except CacheUnavailable:
+            return False
 
     async def _decode(self, job: SegmentJob) -> SegmentResult:
         """One decoder call, retried once on another replica if the first one died mid-call.
@@ -303,8 +339,14 @@ class SamIngress:
         return result
 
     @staticmethod
-    def _finish(result: SegmentResult, job: SegmentJob, started: float, *, source: str) -> SegmentResult:
-        """Stamp the id and times on a decoder's answer; `source`: where the embedding came from."""
+    def _finish(
+        result: SegmentResult, job: SegmentJob, started: float, *, source: str, stages: dict[str, float] | None = None
+    ) -> SegmentResult:
+        """Stamp the id and times on a decoder's answer; `source`: where the embedding came from.
+
+        `stages`: the ingress's own timings (image decode, encoder call), added to the decoder replica's.
+        """
+        result.timings.update(stages or {})
         if isinstance(result.body, dict):
             result.body["image_id"] = job.cache_key
             result.body["time"] = time.perf_counter() - started

@@ -261,6 +261,11 @@ class EmbeddingCache(abc.ABC):
         (payload,) = await self._read("get", model_id, image_id, (KIND_EMBEDDING,))
         return self._decoded(decode_embedding, payload, model_id, image_id, KIND_EMBEDDING)
 
+    async def has_embedding(self, model_id: str, image_id: str) -> bool:
+        """Whether a readable embedding is cached, from its 48-byte header alone (refreshes its TTL)."""
+        (head,) = await self._read("head", model_id, image_id, (KIND_EMBEDDING,), head_only=KIND_EMBEDDING)
+        return head is not None and write_tag(head) is not None
+
     async def put_embedding(self, model_id: str, image_id: str, embedding: ImageEmbedding) -> int:
         """Store an embedding; returns the bytes stored (0 if the memory backend cannot hold it)."""
         key = cache_key(model_id, image_id, KIND_EMBEDDING)

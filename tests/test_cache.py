@@ -322,6 +322,20 @@ def test_get_all_without_logits_reads_only_the_embedding(new_cache: CacheFactory
     assert heard == [("emb", "hit")]
 
 
+def test_has_embedding_answers_from_the_header(new_cache: CacheFactory, rng: np.random.Generator) -> None:
+    cache = new_cache()
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        before = await cache.has_embedding(MODEL, "img-1")
+        await cache.put_embedding(MODEL, "img-1", random_embedding(rng))
+        after = await cache.has_embedding(MODEL, "img-1")
+        other_model = await cache.has_embedding(OTHER_MODEL, "img-1")
+        await cache.close()
+        return before, after, other_model
+
+    assert run(scenario()) == (False, True, False)
+
+
 def test_local_copies_keep_the_most_recently_used_within_their_bound(rng: np.random.Generator) -> None:
     one = random_embedding(rng).embedding.nbytes
     copies = LocalEmbeddingCopies(max_bytes=2 * one)
