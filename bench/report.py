@@ -589,20 +589,12 @@ def encoder_batching(bench: Bench, report: Report, model_type: str, batch: int, 
     import torch
     from segment_anything import SamPredictor
 
-    from sam_core.encoder import ImageEncoder
+    from sam_core.service import configured_encoder
 
     print(f"[4] encoder, {model_type}: batch of {batch} vs one at a time vs SamPredictor", flush=True)
     model = bench.load(model_type)
     defaults = bench.settings(model_type)  # the service's encoder options
-    encoder = ImageEncoder(
-        model.sam,
-        device=model.device,
-        max_batch_size=batch,
-        dtype=defaults.encoder_dtype,
-        fused_attention=defaults.encoder_fused_attention,
-        channels_last=defaults.encoder_channels_last,
-        compile=defaults.encoder_compile,
-    )
+    encoder = configured_encoder(model, defaults, max_batch_size=batch)
     predictor = SamPredictor(model.sam)
     images = [sample_image(200 + i) for i in range(batch)]
     encoder.embed(images[0])  # warm-up

@@ -114,30 +114,21 @@ def cmd_export_decoder(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from sam_core.decoder import OnnxDecoder
-    from sam_core.encoder import ImageEncoder
     from sam_core.images import decode_image_bytes
     from sam_core.masks import encode_png, encode_rle, mask_to_polygon
     from sam_core.prompts import build_prompt
-    from sam_core.service import load_configured_model
+    from sam_core.service import configured_decoder, configured_encoder, load_configured_model
 
     settings = _settings(args)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model = load_configured_model(settings)
-    decoder = OnnxDecoder.for_model(
-        model.sam,
-        model.identity,
-        settings.cache_dir,
-        quantized=settings.decoder_quantize,
-        threads=settings.decoder_threads,
-        providers=settings.decoder_providers,
-    )
+    decoder = configured_decoder(model.sam, model.identity, settings, threads=settings.decoder_threads)
     timings["load_s"] = time.perf_counter() - started
 
     image = decode_image_bytes(Path(args.image).read_bytes(), settings.images, field="image")
     started = time.perf_counter()
-    embedding = ImageEncoder(model.sam, device=model.device, dtype=settings.encoder_dtype).embed(image.pixels)
+    embedding = configured_encoder(model, settings).embed(image.pixels)
     timings["embed_s"] = time.perf_counter() - started
 
     points = args.point or []

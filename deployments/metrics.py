@@ -109,7 +109,8 @@ def _metrics() -> _Metrics:
         ),
         decoder_latency=Histogram(
             "sam_decoder_latency_seconds",
-            description="Decoder replica time per prompt by stage: load (cache read), decode (ONNX), encode (masks).",
+            description="Decoder replica time per prompt by stage: load (cache read), decode (ONNX), encode (masks), "
+            "store (low-res logits written back).",
             boundaries=DECODER_BOUNDARIES_S,
             tag_keys=_keys("model_id", "stage"),
         ),

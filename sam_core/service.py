@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from sam_core.models import LoadedModel, ModelIdentity, load_model
 from sam_core.prompts import build_prompt
 from sam_core.schemas import SegmentJob, SegmentResult
 from sam_core.settings import Settings
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,32 @@ def resolve_configured_checkpoint(settings: Settings) -> tuple[Path, str]:
     )
 
 
+def configured_encoder(model: LoadedModel, settings: Settings, *, max_batch_size: int = 8) -> ImageEncoder:
+    """The image encoder on the model's device with the configured precision and speed options."""
+    return ImageEncoder(
+        model.sam,
+        device=model.device,
+        dtype=settings.encoder_dtype,
+        max_batch_size=max_batch_size,
+        fused_attention=settings.encoder_fused_attention,
+        channels_last=settings.encoder_channels_last,
+        compile=settings.encoder_compile,
+    )
+
+
+def configured_decoder(sam: Sam | None, identity: ModelIdentity, settings: Settings, *, threads: int) -> OnnxDecoder:
+    """The ONNX decoders (exported into cache_dir on first use) with the configured session options."""
+    return OnnxDecoder.for_model(
+        sam,
+        identity,
+        settings.cache_dir,
+        quantized=settings.decoder_quantize,
+        threads=threads,
+        providers=settings.decoder_providers,
+        spinning=settings.decoder_spinning,
+    )
+
+
 class EncoderService:
     """Embeds batches of images and writes each embedding to the cache under its key."""
 
@@ -77,15 +106,7 @@ class EncoderService:
     @classmethod
     def from_settings(cls, settings: Settings, *, max_batch_size: int = 8) -> EncoderService:
         model = load_configured_model(settings)
-        encoder = ImageEncoder(
-            model.sam,
-            device=model.device,
-            dtype=settings.encoder_dtype,
-            max_batch_size=max_batch_size,
-            fused_attention=settings.encoder_fused_attention,
-            channels_last=settings.encoder_channels_last,
-            compile=settings.encoder_compile,
-        )
+        encoder = configured_encoder(model, settings, max_batch_size=max_batch_size)
         return cls(encoder, model.identity, cache_from_settings(settings), device=str(model.device))
 
     def embed_batch(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
@@ -119,16 +140,7 @@ def open_decoder(settings: Settings, *, threads: int) -> tuple[OnnxDecoder, Mode
     sam = None
     if not exported:
         sam = load_configured_model(settings, device="cpu").sam
-    decoder = OnnxDecoder.for_model(
-        sam,
-        identity,
-        settings.cache_dir,
-        quantized=quantized,
-        threads=threads,
-        providers=settings.decoder_providers,
-        spinning=settings.decoder_spinning,
-    )
-    return decoder, identity
+    return configured_decoder(sam, identity, settings, threads=threads), identity
 
 
 def encode_output(output: DecoderOutput, fmt: str) -> tuple[dict[str, Any] | bytes, str]:
