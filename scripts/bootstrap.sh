@@ -10,10 +10,18 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 # torch first, pinned: this machine keeps these CPU/CUDA wheels on disk; elsewhere pip fetches them.
-if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
+has() { .venv/bin/python -c "import importlib.util, sys; sys.exit(all(importlib.util.find_spec(m) for m in sys.argv[1:]) is False)" "$@"; }
+if ! has torch torchvision; then
   .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+# The package is installed editable, so code changes need no reinstall; only a changed pyproject.toml does.
+# The stamp records the pyproject.toml the venv was installed from (and the interpreter).
+STAMP=.venv/.sam-serve-installed
+WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) $(.venv/bin/python -c 'import sys; print(sys.version)' | head -1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! has sam_core deployments; then
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  echo "$WANT" > "$STAMP"
+fi
 
 # The tests start their own redis-server processes; install the server if the machine lacks it.
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -25,4 +33,4 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
-echo "bootstrap: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
+echo "bootstrap: .venv ready ($(.venv/bin/python -c 'from importlib.metadata import version; print("torch", version("torch"))'))"

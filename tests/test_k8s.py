@@ -31,8 +31,8 @@ K8S_DIR = REPO_ROOT / "k8s"
 KUSTOMIZATION = K8S_DIR / "kustomization.yaml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 SERVE_CONFIG = REPO_ROOT / "serve_config.yaml"
-# shared/ sits beside the checkout: /work/shared next to /work/main here, and beside CI's fresh clone of main.
-SCHEMAS_DIR = REPO_ROOT.parent / "shared" / "k8s-schemas"
+# KubeRay's CRDs, kept with the tests (source, version and licence in its README.md).
+SCHEMAS_DIR = Path(__file__).resolve().parent / "kuberay_crds"
 CRD_FILES = {"RayService": "ray.io_rayservices.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
 KUBERNETES_VERSION = "1.30"
 SAM_IMAGE = "sam-serve"  # the image name in the manifests; kustomization.yaml's `images:` points it at a registry
@@ -113,8 +113,6 @@ def schema_errors(validator: jsonschema.protocols.Validator, instance: Any) -> l
 @pytest.fixture(scope="module")
 def crd_validators() -> dict[str, jsonschema.protocols.Validator]:
     """Closed-schema validators for the KubeRay kinds, loaded once (the CRD files are ~1 MB each)."""
-    if not SCHEMAS_DIR.is_dir():
-        pytest.skip(f"KubeRay CRD schemas not found at {SCHEMAS_DIR} (shared/ must sit beside the checkout)")
     return {
         kind: jsonschema.Draft7Validator(close_schema(crd_schema(SCHEMAS_DIR / name)))
         for kind, name in CRD_FILES.items()
