@@ -72,6 +72,16 @@ class CorruptCacheEntryError(ValueError):
     """
 
 
+def round_to_storage(array: np.ndarray) -> np.ndarray:
+    """The float32 values the cache gives back for `array`: clipped to +-65504 and rounded through float16.
+
+    Every path that hands an embedding to a decoder (fresh from the encoder, from the cache, a replica's local
+    copy, a client's) decodes these values, so the same request gets the same answer whichever path served it.
+    Idempotent: values already rounded come back unchanged.
+    """
+    return np.clip(array, -_FP16_MAX, _FP16_MAX).astype(_STORED_DTYPE).astype(np.float32)
+
+
 def _encode(kind: str, array: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]) -> bytes:
     if array.ndim != 4:
         raise ValueError(f"{kind}: expected a 4-d array, got shape {array.shape}")

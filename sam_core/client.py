@@ -242,7 +242,7 @@ def _invalid_response(response: httpx.Response, exc: Exception) -> SamClientErro
 
 
 def parse_embed_response(response: httpx.Response, format: str) -> EmbedImageResponse | np.ndarray:
-    """An embed answer: the metadata model (json) or the float32 (1, 256, 64, 64) embedding (binary)."""
+    """An embed answer: the response model (json, metadata) or the float32 (1, 256, 64, 64) embedding (binary)."""
     raise_for_error(response)
     try:
         if format == "binary":
@@ -324,7 +324,7 @@ class SamClient:
 
     @overload
     def embed_image(
-        self, image: ImageLike | None = ..., *, image_id: str | None = ..., format: Literal["json"] = ...
+        self, image: ImageLike | None = ..., *, image_id: str | None = ..., format: Literal["metadata", "json"] = ...
     ) -> EmbedImageResponse: ...
 
     @overload
@@ -333,14 +333,15 @@ class SamClient:
     ) -> np.ndarray: ...
 
     def embed_image(
-        self, image: ImageLike | None = None, *, image_id: str | None = None, format: str = "json"
+        self, image: ImageLike | None = None, *, image_id: str | None = None, format: str = "metadata"
     ) -> EmbedImageResponse | np.ndarray:
         """Embed `image` (cached under `image_id`, else under its content hash).
 
         With image=None and an image_id, asks whether that image's embedding is cached (404 CacheMiss if not).
 
         Returns:
-            json: EmbedImageResponse (image_id, original_size (h, w), cached, time).
+            metadata (default): EmbedImageResponse (image_id, original_size (h, w), cached, time).
+            json: the same with `embeddings`, the seed's nested lists (~21 MB over the wire).
             binary: the float32 (1, 256, 64, 64) embedding, usable as `segment_image(embeddings=...)`.
         """
         body = embed_request_body(image, image_id=image_id, format=format)
@@ -466,7 +467,7 @@ class AsyncSamClient:
 
     @overload
     async def embed_image(
-        self, image: ImageLike | None = ..., *, image_id: str | None = ..., format: Literal["json"] = ...
+        self, image: ImageLike | None = ..., *, image_id: str | None = ..., format: Literal["metadata", "json"] = ...
     ) -> EmbedImageResponse: ...
 
     @overload
@@ -475,7 +476,7 @@ class AsyncSamClient:
     ) -> np.ndarray: ...
 
     async def embed_image(
-        self, image: ImageLike | None = None, *, image_id: str | None = None, format: str = "json"
+        self, image: ImageLike | None = None, *, image_id: str | None = None, format: str = "metadata"
     ) -> EmbedImageResponse | np.ndarray:
         """See `SamClient.embed_image`."""
         body = await asyncio.to_thread(embed_request_body, image, image_id=image_id, format=format)

@@ -16,7 +16,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -34,14 +33,19 @@ from sam_core.errors import (
 from sam_core.settings import ImageLimits
 
 __all__ = [
+    "EncodedImage",
     "LoadedImage",
+    "check_image_size",
     "decode_base64_image",
+    "decode_image",
     "decode_image_bytes",
     "decode_numpy_array",
     "decode_numpy_payload",
     "fetch_image_url",
+    "fetch_url_bytes",
     "load_image",
     "load_image_bytes",
+    "read_image",
 ]
 
 NPY_FORMAT = "NPY"
@@ -258,6 +262,11 @@ def decode_numpy_payload(value: str, limits: ImageLimits, *, field: str = "image
     Channels are taken as RGB; a 4th channel is alpha, composited on black.
     """
     raw = _decode_base64(value, limits, field)
+    return LoadedImage(pixels=_npy_pixels(raw, limits, field), content_sha256=_sha256(raw), format=NPY_FORMAT)
+
+
+def _npy_pixels(raw: bytes, limits: ImageLimits, field: str) -> np.ndarray:
+    """The RGB pixels of `np.save` bytes of a uint8 image array, checked header-first (see above)."""
     stream = io.BytesIO(raw)
     if raw[: len(_NPY_MAGIC)] != _NPY_MAGIC:
         raise InvalidInput(
@@ -285,7 +294,7 @@ def decode_numpy_payload(value: str, limits: ImageLimits, *, field: str = "image
         )
     array = np.frombuffer(raw, dtype=np.uint8, count=count, offset=offset)
     array = array.reshape(shape, order="F" if fortran_order else "C")
-    return LoadedImage(pixels=_array_to_rgb(array), content_sha256=_sha256(raw), format=NPY_FORMAT)
+    return _array_to_rgb(array)
 
 
 def decode_numpy_array(array: np.ndarray, limits: ImageLimits, *, field: str = "image.value") -> LoadedImage:
@@ -294,13 +303,21 @@ def decode_numpy_array(array: np.ndarray, limits: ImageLimits, *, field: str = "
     Its content hash is that of `np.save` of the C-ordered array, so it matches the same array sent as a
     base64 .npy payload over HTTP.
     """
+    encoded = _read_array(array, limits, field)
+    assert encoded.array is not None, "an in-process array stays one"
+    return LoadedImage(pixels=_array_to_rgb(encoded.array), content_sha256=encoded.content_sha256, format=NPY_FORMAT)
+
+
+def _read_array(array: np.ndarray, limits: ImageLimits, field: str) -> EncodedImage:
     if array.dtype != np.uint8:
         raise InvalidInput(f"the array's dtype is {array.dtype}; send uint8", field=field)
     _check_array_shape(array.shape, limits, field)
     contiguous = np.ascontiguousarray(array)
     encoded = io.BytesIO()
     np.save(encoded, contiguous, allow_pickle=False)
-    return LoadedImage(pixels=_array_to_rgb(contiguous), content_sha256=_sha256(encoded.getvalue()), format=NPY_FORMAT)
+    return EncodedImage(
+        data=b"", content_sha256=_sha256(encoded.getvalue()), kind=NPY_FORMAT, field=field, array=contiguous
+    )
 
 
 def _check_array_shape(shape: tuple[int, ...], limits: ImageLimits, field: str) -> None:
@@ -323,7 +340,12 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
 
 
 def fetch_image_url(url: str, limits: ImageLimits, *, field: str = "image.value") -> LoadedImage:
-    """Fetch an http(s) image URL and decode it, guarding against SSRF.
+    """Fetch an http(s) image URL and decode it (see `fetch_url_bytes`)."""
+    return decode_image_bytes(fetch_url_bytes(url, limits, field=field), limits, field=field)
+
+
+def fetch_url_bytes(url: str, limits: ImageLimits, *, field: str = "image.value") -> bytes:
+    """Fetch an http(s) image URL's bytes (at most `max_bytes`), guarding against SSRF.
 
     Each hop (at most 3 redirects, followed by hand) has its host resolved and every address checked:
     private, loopback, link-local, reserved and other non-global addresses are refused unless
@@ -345,7 +367,7 @@ def fetch_image_url(url: str, limits: ImageLimits, *, field: str = "image.value"
             target = _checked_target(current, limits, field)
             outcome = _fetch_pinned(client, target, limits, field, deadline)
             if isinstance(outcome, bytes):
-                return decode_image_bytes(outcome, limits, field=field)
+                return outcome
             current = urljoin(current, outcome)  # relative to the URL as named, not its address
     raise URLFetchError(f"gave up after {MAX_REDIRECTS} redirects", field=field)
 
@@ -473,12 +495,36 @@ def _fetch_once(
 # ---- dispatch -------------------------------------------------------------------------------------------
 
 
-def load_image(kind: str, value: object, limits: ImageLimits, *, field: str = "image") -> LoadedImage:
-    """Load the request's `image = {"type": kind, "value": value}`.
+@dataclass(frozen=True)
+class EncodedImage:
+    """A client image as received, before any pixel is decoded: what its content hash is taken of.
 
-    Kinds: "base64" (str), "url" (str), "numpy" (str: base64 of an .npy; or an np.ndarray from an
-    in-process handle call). "file" is refused (no server paths are read); "pil" and "multipart" are not
-    supported over this API. Errors name `<field>.type` or `<field>.value`.
+    Attributes:
+        data: the encoded file (PNG, JPEG, ...) or the `np.save` bytes, after base64 decoding or download.
+        content_sha256: hex sha256 of `data` (for an in-process array: of its `np.save` bytes).
+        kind: "FILE" for an encoded image file, "NPY" for a numpy payload.
+        field: the request field its errors name.
+        array: an in-process uint8 array (a handle call), already checked; `data` is then empty.
+    """
+
+    data: bytes
+    content_sha256: str
+    kind: str
+    field: str
+    array: np.ndarray | None = None
+
+
+FILE_KIND = "FILE"
+
+
+def read_image(kind: str, value: object, limits: ImageLimits, *, field: str = "image") -> EncodedImage:
+    """The bytes of the request's `image = {"type": kind, "value": value}` and their hash, without decoding.
+
+    Cheap next to a decode (base64 and sha256 run at hundreds of MB/s), so a repeat image is found in the
+    cache by its hash before any pixel is decoded. Kinds: "base64" (str), "url" (str: fetched here, when
+    enabled), "numpy" (str: base64 of an .npy; or an np.ndarray from an in-process handle call). "file" is
+    refused (no server paths are read); "pil" and "multipart" are not supported over this API. Errors name
+    `<field>.type` or `<field>.value`.
     """
     type_field, value_field = f"{field}.type", f"{field}.value"
     if kind == "file":
@@ -488,26 +534,36 @@ def load_image(kind: str, value: object, limits: ImageLimits, *, field: str = "i
             f"image type {kind!r} is not supported over this API; use base64, url or numpy", field=type_field
         )
     if kind == "numpy" and isinstance(value, np.ndarray):
-        return decode_numpy_array(value, limits, field=value_field)
-    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
-    if decoder is None:
+        return _read_array(value, limits, value_field)
+    if not isinstance(kind, str) or kind not in ("base64", "url", "numpy"):
         raise InvalidInput(f"unknown image type {kind!r}; use base64, url or numpy", field=type_field)
     if not isinstance(value, str):
         raise InvalidInput(
             f"an image of type {kind!r} needs a string value, got {type(value).__name__}", field=value_field
         )
-    return decoder(value, limits, field=value_field)
+    if kind == "url":
+        data = fetch_url_bytes(value, limits, field=value_field)
+    else:
+        data = _decode_base64(value, limits, value_field)
+    return EncodedImage(
+        data=data, content_sha256=_sha256(data), kind=NPY_FORMAT if kind == "numpy" else FILE_KIND, field=value_field
+    )
 
 
-class _StringDecoder(Protocol):
-    def __call__(self, value: str, limits: ImageLimits, /, *, field: str) -> LoadedImage: ...
+def decode_image(encoded: EncodedImage, limits: ImageLimits) -> LoadedImage:
+    """The pixels of an image `read_image` returned, under `limits` (the CPU-heavy half of loading)."""
+    if encoded.array is not None:
+        pixels = _array_to_rgb(encoded.array)
+        return LoadedImage(pixels=pixels, content_sha256=encoded.content_sha256, format=NPY_FORMAT)
+    if encoded.kind == NPY_FORMAT:
+        pixels = _npy_pixels(encoded.data, limits, encoded.field)
+        return LoadedImage(pixels=pixels, content_sha256=encoded.content_sha256, format=NPY_FORMAT)
+    return decode_image_bytes(encoded.data, limits, field=encoded.field)
 
 
-_DECODERS: dict[str, _StringDecoder] = {
-    "base64": decode_base64_image,
-    "url": fetch_image_url,
-    "numpy": decode_numpy_payload,
-}
+def load_image(kind: str, value: object, limits: ImageLimits, *, field: str = "image") -> LoadedImage:
+    """`read_image` then `decode_image`: the request's image as RGB pixels."""
+    return decode_image(read_image(kind, value, limits, field=field), limits)
 
 
 # ---- shared checks --------------------------------------------------------------------------------------
@@ -516,6 +572,17 @@ _DECODERS: dict[str, _StringDecoder] = {
 def _check_byte_count(count: int, limits: ImageLimits, field: str) -> None:
     if count > limits.max_bytes:
         raise ImageTooLarge(f"the image is over {limits.max_bytes} bytes (max_bytes)", field=field)
+
+
+def check_image_size(size: tuple[int, int], limits: ImageLimits, *, field: str) -> None:
+    """Refuse an image size (height, width) outside `limits` (ImageTooLarge, 413), e.g. a client's `orig_im_size`.
+
+    The decoder upsamples its masks to this size, so no size that an image could not have is ever decoded.
+    """
+    height, width = size
+    if height <= 0 or width <= 0:
+        raise InvalidInput(f"must be two positive integers [height, width], got [{height}, {width}]", field=field)
+    _check_dimensions(width, height, limits, field)
 
 
 def _check_dimensions(width: int, height: int, limits: ImageLimits, field: str) -> None:

@@ -34,8 +34,12 @@ MASK_INPUT_SHAPE = (1, 1, 256, 256)
 FLOAT_DTYPES: tuple[type[np.floating], ...] = (np.float32, np.float16, np.float64)
 """dtypes a client-sent .npy may carry unless the caller says otherwise."""
 
-MAX_POLYGON_POINTS = 100_000
-"""Most vertices accepted in one `mask_input` (all polygons together); a 256x256 contour has at most ~1000."""
+MAX_POLYGON_POINTS = 10_000
+"""Most vertices accepted in one json `mask_input`, all polygons together. In the 256x256 frame an outline
+from `mask_to_polygon` has at most ~1,000 (CHAIN_APPROX_SIMPLE keeps only the ends of straight runs)."""
+
+MAX_POLYGONS = 256
+"""Most polygons (rings) accepted in one json `mask_input`."""
 
 MAX_NPY_BASE64_CHARS = 8 * 1024 * 1024
 """Longest base64 string `decode_npy_base64` reads by default: a float32 (1,256,64,64) embedding is 5.6 M."""
@@ -193,18 +197,21 @@ def polygons_to_mask(
 
     Raises:
         InvalidInput: not a list; a point that is not a pair of finite numbers (strings, bools, NaN, inf are
-            refused); fewer than 3 points; more than `MAX_POLYGON_POINTS` in all; a coordinate further than
-            one frame size outside the frame (within that slack, points outside the frame are kept and the
-            fill is clipped to the frame, so shapes crossing the border keep their edges).
+            refused); fewer than 3 points; more than `MAX_POLYGONS` polygons or `MAX_POLYGON_POINTS` points
+            in all; a coordinate further than one frame size outside the frame (within that slack, points
+            outside the frame are kept and the fill is clipped to the frame, so shapes crossing the border
+            keep their edges).
     """
     height, width = shape
     polygon_list = _polygon_list(polygons, field)
+    if len(polygon_list) > MAX_POLYGONS:
+        raise InvalidInput(f"{len(polygon_list)} polygons; at most {MAX_POLYGONS} are accepted", field=field)
     total_points = 0
     for i, polygon in enumerate(polygon_list):
         # The count is checked before any per-point work so a huge body cannot cost much CPU.
         total_points += len(polygon) if isinstance(polygon, (list, tuple)) else 0
         if total_points > MAX_POLYGON_POINTS:
-            raise InvalidInput(f"more than {MAX_POLYGON_POINTS} points in all", field=field)
+            raise InvalidInput(f"more than {MAX_POLYGON_POINTS} points in all (the limit)", field=field)
         _validate_polygon(polygon, i, field)
 
     mask = np.zeros((height, width), dtype=np.uint8)

@@ -110,6 +110,7 @@ def build_prompt(
     original_size: tuple[int, int],
     *,
     box: object = None,
+    has_mask_input: bool = False,
     max_points: int = MAX_POINTS,
 ) -> Prompt:
     """Validate a request's prompt against the image it targets.
@@ -119,6 +120,8 @@ def build_prompt(
         point_labels: one label per point, each in POINT_LABELS.
         original_size: (height, width) of the original image.
         box: [x0, y0, x1, y1] in original-image pixels, or None.
+        has_mask_input: a mask input comes with the prompt: it is a prompt by itself, so empty point lists
+            without a box are then valid (the decoder sees only the padding row, as in the seed).
         max_points: the most points one prompt may carry.
 
     Raises:
@@ -140,10 +143,10 @@ def build_prompt(
         raise InvalidInput(
             f"{len(labels)} labels for {len(coords)} points: give one label per point", field="point_labels"
         )
-    if not labels and box is None:
+    if not labels and box is None and not has_mask_input:
         # The seed's "no prompt" is its default padding row ([[0, 0]] / [-1]), not empty lists; empty lists
-        # without a box are almost always a client bug, so they are refused rather than answered with a guess.
-        raise InvalidInput("give at least one point or a box", field="point_coords")
+        # with neither a box nor a mask are almost always a client bug, so they are refused, not guessed at.
+        raise InvalidInput("give at least one point, a box or a mask_input", field="point_coords")
     # Every row must lie on the image, padding rows (label -1, the seed's default sits at (0, 0)) included:
     # the model ignores their position, but an unchecked one could be any finite float64 (inf in float32).
     _check_inside(coords, original_size, "point_coords")

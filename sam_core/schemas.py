@@ -78,9 +78,11 @@ class _SeedFields(BaseModel):
 class EmbedImageRequest(_SeedFields):
     """POST /sam/embed_image: embed an image and cache the embedding under `image_id`."""
 
-    format: Literal["json", "binary"] = Field(
+    format: Literal["json", "binary", "metadata"] = Field(
         default="json",
-        description="json: metadata only (no 20 MB list of floats); binary: the float32 (1, 256, 64, 64) .npy",
+        description="json: the seed's answer, the float32 (1, 256, 64, 64) embedding as nested lists "
+        "(`embeddings`, ~21 MB) with image_id, original_size, cached and time; binary: the embedding's .npy "
+        "bytes (4 MB); metadata: the json answer without `embeddings` (to warm the cache)",
     )
 
 
@@ -95,8 +97,10 @@ class SegmentImageRequest(_SeedFields):
         default=None, description="a client-held embedding: base64 .npy (binary) of float32 (1, 256, 64, 64)"
     )
     embeddings_format: Literal["json", "binary"] = "json"
-    orig_im_size: list[StrictInt] | None = Field(
-        default=None, description="[height, width] of the original image; required with `embeddings`"
+    orig_im_size: Annotated[list[Annotated[StrictInt, Field(ge=1)]], Field(min_length=2, max_length=2)] | None = Field(
+        default=None,
+        description="[height, width] of the original image; required with `embeddings`; within the image "
+        "limits (images.max_side, images.max_pixels)",
     )
     point_coords: list[list[Coordinate]] = Field(
         default_factory=lambda: [[0.0, 0.0]], description="[[x, y], ...] in original-image pixels"
@@ -133,12 +137,17 @@ class ErrorResponse(BaseModel):
 
 
 class EmbedImageResponse(BaseModel):
-    """The json answer of /sam/embed_image (binary answers are the raw .npy bytes)."""
+    """The json and metadata answers of /sam/embed_image (binary answers are the raw .npy bytes)."""
 
     image_id: str
     original_size: tuple[int, int]
     cached: bool = Field(description="the embedding was already cached (the encoder did not run)")
     time: float
+    embeddings: list[Any] | None = Field(
+        default=None,
+        description="format json: the float32 (1, 256, 64, 64) embedding as nested lists, as the seed answers; "
+        "send it back as `embeddings` with `orig_im_size`",
+    )
 
 
 class SegmentImageResponse(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -17,17 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sam_core.cache import EmbeddingCache, LocalEmbeddingCopies, image_id_hash, make_cache
+from sam_core.cache import EmbeddingCache, LocalEmbeddingCopies, image_id_hash, make_cache, round_to_storage
 from sam_core.checkpoints import resolve_checkpoint
 from sam_core.decoder import LOW_RES_SHAPE, DecoderOutput, OnnxDecoder, decoder_filename
 from sam_core.embedding import ImageEmbedding
 from sam_core.encoder import ImageEncoder
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput
+from sam_core.images import check_image_size
 from sam_core.masks import encode_png, encode_rle, mask_to_polygon, segment_to_npz
 from sam_core.models import LoadedModel, ModelIdentity, load_model
 from sam_core.prompts import build_prompt
 from sam_core.schemas import SegmentJob, SegmentResult
-from sam_core.settings import Settings
+from sam_core.settings import ImageLimits, Settings
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -110,8 +112,15 @@ class EncoderService:
         return cls(encoder, model.identity, cache_from_settings(settings), device=str(model.device))
 
     def embed_batch(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
-        """Embed (H, W, 3) uint8 RGB images in one forward pass (CPU/GPU bound: call from a worker thread)."""
-        return self.encoder.embed_batch(images)
+        """Embed (H, W, 3) uint8 RGB images in one forward pass (CPU/GPU bound: call from a worker thread).
+
+        The embeddings come back at the cache's storage precision (`round_to_storage`), so the answer to a
+        new image's first click is the one every later click on it gets from the cache.
+        """
+        return [
+            dataclasses.replace(embedding, embedding=round_to_storage(embedding.embedding))
+            for embedding in self.encoder.embed_batch(images)
+        ]
 
     async def store(self, cache_key: str, embedding: ImageEmbedding) -> int:
         """Cache an embedding; returns the bytes stored, 0 (logged) when the cache is down or cannot hold it.
@@ -173,10 +182,13 @@ def encode_output(output: DecoderOutput, fmt: str) -> tuple[dict[str, Any] | byt
 class DecoderService:
     """Answers prompts: embedding from the job or the cache, ONNX decoder, low-res logits back to the cache."""
 
-    def __init__(self, decoder: OnnxDecoder, identity: ModelIdentity, cache: EmbeddingCache) -> None:
+    def __init__(
+        self, decoder: OnnxDecoder, identity: ModelIdentity, cache: EmbeddingCache, *, limits: ImageLimits | None = None
+    ) -> None:
         self.decoder = decoder
         self.identity = identity
         self.cache = cache
+        self.limits = limits or ImageLimits()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, threads: int) -> DecoderService:
@@ -184,7 +196,7 @@ class DecoderService:
         cache = cache_from_settings(settings)
         if cache.shared and settings.decoder_local_cache_bytes:
             cache.local_copies = LocalEmbeddingCopies(settings.decoder_local_cache_bytes)
-        return cls(decoder, identity, cache)
+        return cls(decoder, identity, cache, limits=settings.images)
 
     async def load_inputs(self, job: SegmentJob) -> tuple[ImageEmbedding, np.ndarray | None]:
         """The job's embedding and the mask input to use (None: no mask input).
@@ -219,8 +231,19 @@ class DecoderService:
         )
 
     def decode(self, embedding: ImageEmbedding, job: SegmentJob, mask_input: np.ndarray | None) -> DecoderOutput:
-        """Validate the prompt against the image size and run the decoder (CPU bound: a worker thread)."""
-        prompt = build_prompt(job.point_coords, job.point_labels, embedding.original_size, box=job.box)
+        """Validate the prompt against the image size and run the decoder (CPU bound: a worker thread).
+
+        The masks are upsampled to the embedding's original size, so that size is held to the image limits
+        here too, whichever path the embedding came by (the ingress checks a client's `orig_im_size` first).
+        """
+        check_image_size(embedding.original_size, self.limits, field="orig_im_size")
+        prompt = build_prompt(
+            job.point_coords,
+            job.point_labels,
+            embedding.original_size,
+            box=job.box,
+            has_mask_input=mask_input is not None,
+        )
         return self.decoder.decode(embedding, prompt, mask_input=mask_input, multimask=job.multimask_output)
 
     async def remember(self, job: SegmentJob, output: DecoderOutput) -> None:

@@ -156,3 +156,29 @@ def test_int8_decoder_stays_close_to_fp32(
         prompt = build_prompt(points.tolist(), [1, 1], embedding.original_size)
         ious.append(iou(tiny_decoder.decode(embedding, prompt).masks, quantized.decode(embedding, prompt).masks))
     assert float(np.mean(ious)) >= 0.9, ious
+
+
+def test_the_decoder_service_refuses_an_entry_whose_size_is_over_the_image_limits(
+    tiny_decoder: OnnxDecoder, tiny_model: LoadedModel
+) -> None:
+    """Whatever path an embedding came by (here a cache entry), its original size is held to the limits: the
+    decoder upsamples its masks to that size."""
+    import asyncio
+
+    from sam_core.cache import MemoryEmbeddingCache
+    from sam_core.errors import ImageTooLarge
+    from sam_core.schemas import SegmentJob
+    from sam_core.service import DecoderService
+    from sam_core.settings import ImageLimits
+
+    cache = MemoryEmbeddingCache(max_bytes=16 * 2**20, ttl_s=60)
+    service = DecoderService(tiny_decoder, tiny_model.identity, cache, limits=ImageLimits())
+    array = np.random.default_rng().normal(size=(1, 256, 64, 64)).astype(np.float32)
+    huge = ImageEmbedding(embedding=array, original_size=(8000, 8000), input_size=(1024, 1024))
+    model_id = tiny_model.identity.model_id
+    asyncio.run(cache.put_embedding(model_id, "huge", huge))
+
+    job = SegmentJob(cache_key="huge", point_coords=[[10.0, 10.0]], point_labels=[1.0])
+    with pytest.raises(ImageTooLarge) as raised:
+        asyncio.run(service.segment(job))
+    assert raised.value.field == "orig_im_size"

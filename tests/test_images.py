@@ -29,12 +29,15 @@ from sam_core.errors import (
 )
 from sam_core.images import (
     LoadedImage,
+    check_image_size,
     decode_base64_image,
+    decode_image,
     decode_image_bytes,
     decode_numpy_payload,
     fetch_image_url,
     load_image,
     load_image_bytes,
+    read_image,
 )
 from sam_core.settings import ImageLimits
 
@@ -810,3 +813,47 @@ def test_error_field_follows_the_callers_prefix() -> None:
         load_image("bogus", "x", limits(), field="images[2]")
 
     assert raised.value.field == "images[2].type"
+
+
+# ---- read (bytes and hash) before decode ------------------------------------------------------------------
+
+
+def test_read_image_hashes_the_bytes_without_decoding_them() -> None:
+    data = encode(Image.fromarray(random_rgb(40, 60)), "JPEG")
+    truncated = data[: len(data) // 2]  # undecodable: only a decode would notice
+
+    encoded = read_image("base64", b64(truncated), limits())
+
+    assert encoded.content_sha256 == hashlib.sha256(truncated).hexdigest()
+    with pytest.raises(ImageDecodeError):
+        decode_image(encoded, limits())
+
+
+@pytest.mark.parametrize("kind", ["base64", "numpy"])
+def test_read_then_decode_is_load_image(kind: str) -> None:
+    pixels = random_rgb(30, 50)
+    value = b64(npy_bytes(pixels) if kind == "numpy" else encode(Image.fromarray(pixels), "PNG"))
+
+    encoded = read_image(kind, value, limits())
+    loaded = decode_image(encoded, limits())
+
+    assert loaded.content_sha256 == encoded.content_sha256 == load_image(kind, value, limits()).content_sha256
+    assert np.array_equal(loaded.pixels, pixels)
+
+
+def test_an_in_process_array_hashes_as_its_npy_payload() -> None:
+    pixels = random_rgb(30, 50)
+    encoded = read_image("numpy", pixels, limits())
+    assert encoded.content_sha256 == read_image("numpy", b64(npy_bytes(pixels)), limits()).content_sha256
+    assert np.array_equal(decode_image(encoded, limits()).pixels, pixels)
+
+
+@pytest.mark.parametrize(
+    ("size", "error"),
+    [((60000, 60000), ImageTooLarge), ((8000, 8000), ImageTooLarge), ((0, 5), InvalidInput)],
+    ids=["side", "pixels", "zero"],
+)
+def test_check_image_size_refuses_sizes_outside_the_limits(size: tuple[int, int], error: type[Exception]) -> None:
+    with pytest.raises(error) as raised:
+        check_image_size(size, limits(), field="orig_im_size")
+    assert getattr(raised.value, "field", None) == "orig_im_size"

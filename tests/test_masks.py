@@ -201,6 +201,10 @@ BAD_POLYGONS = {
     "far_outside_the_frame": [[0, 0], [10_000, 0], [10, 10]],
     "int_too_big_for_a_float": [[0, 0], [10**400, 0], [10, 10]],
     "too_many_points": [[i % 256, i // 256 % 256] for i in range(masks.MAX_POLYGON_POINTS + 1)],
+    # 256 rings of 40 vertices: within the ring limit, over the vertex limit in all.
+    "too_many_points_over_polygons": [[[j % 256, i] for j in range(40)] for i in range(masks.MAX_POLYGONS)],
+    "too_many_polygons": [[[i % 256, 0], [i % 256, 1], [0, 2]] for i in range(masks.MAX_POLYGONS + 1)],
+    "100_000_points": [[i % 256, i // 256 % 256] for i in range(100_000)],
     "one_good_one_bad": [[[0, 0], [10, 0], [10, 10]], [[0, 0], [1, 1]]],
 }
 
@@ -212,6 +216,13 @@ def test_bad_polygon_is_refused_naming_the_field(polygons: object) -> None:
 
     assert raised.value.field == "mask_input"
     assert raised.value.reason
+
+
+def test_polygons_at_the_limits_are_rasterised() -> None:
+    ring = [[i % 256, i // 256 % 256] for i in range(masks.MAX_POLYGON_POINTS)]
+    assert masks.polygons_to_mask(ring).shape == (256, 256)
+    rings = [[[x, 0], [x, 5], [0, 5]] for x in range(masks.MAX_POLYGONS)]
+    assert masks.polygons_to_mask(rings).any()
 
 
 json_like = st.recursive(

@@ -79,3 +79,16 @@ def test_bad_prompt_names_the_field(coords: object, labels: object, box: object,
         build_prompt(coords, labels, (100, 200), box=box)
     assert raised.value.field == field
     assert raised.value.reason
+
+
+def test_a_mask_input_alone_is_a_prompt_of_only_the_padding_row() -> None:
+    prompt = build_prompt([], [], (100, 200), has_mask_input=True)
+    coords, labels = onnx_prompt_inputs(prompt, (100, 200))
+    np.testing.assert_array_equal(labels, [[-1]])
+    np.testing.assert_allclose(coords, [[[0, 0]]])
+
+
+def test_no_point_no_box_and_no_mask_is_refused() -> None:
+    with pytest.raises(InvalidInput) as raised:
+        build_prompt([], [], (100, 200), has_mask_input=False)
+    assert raised.value.field == "point_coords" and "mask_input" in raised.value.reason
