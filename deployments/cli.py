@@ -453,6 +453,16 @@ def _shutdown(local_redis: LocalRedis | None) -> None:
     print("sam-serve: stopped", file=sys.stderr)
 
 
+def _metrics_url() -> str:
+    """Where this Ray node exports its Prometheus metrics (Ray picks the port unless told)."""
+    import ray
+
+    node = next(
+        node for node in ray.nodes() if node["Alive"] and node["NodeID"] == ray.get_runtime_context().get_node_id()
+    )
+    return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
@@ -490,6 +500,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         url = f"http://{args.host}:{args.port}"
         print(f"sam-serve: ready at {url} (POST /sam/embed_image, /sam/segment_image; docs at {url}/docs)")
+        print(f"sam-serve: Prometheus metrics at {_metrics_url()} (ray_sam_*: deployments/METRICS.md)")
         print("sam-serve: Ctrl-C or SIGTERM stops it", file=sys.stderr)
         sys.stdout.flush()
         while True:

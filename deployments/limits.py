@@ -73,14 +73,17 @@ class BearerAuth:
     """
 
     token: bytes | None = None
-    open_paths = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+    open_paths = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+    open_prefixes = ("/static-offline-docs/",)
+    """The docs pages' own assets (Swagger UI and ReDoc, served from the installed package)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = self.token
-        if token is None or scope["type"] != "http" or self._path(scope) in self.open_paths:
+        path = self._path(scope)
+        if token is None or scope["type"] != "http" or path in self.open_paths or path.startswith(self.open_prefixes):
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")

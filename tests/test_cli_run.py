@@ -6,6 +6,7 @@ Runs the real console script in a subprocess (its own local Ray cluster, indepen
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -102,6 +103,20 @@ def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> 
     pytest.fail(f"sam-serve run not ready after {READY_DEADLINE_S} s:\n{log.read_text()[-4000:]}")
 
 
+def _eventually_exports(url: str, prefix: str, deadline_s: float = 30.0) -> bool:
+    """Whether the metrics endpoint lists a metric starting with `prefix` within the deadline (Ray exports
+    what the replicas record every few seconds)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            if prefix in httpx.get(url, timeout=5.0).text:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    return False
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_run_serves_with_a_private_redis_and_stops_cleanly(stop_signal: signal.Signals, tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
@@ -143,6 +158,12 @@ def test_run_serves_with_a_private_redis_and_stops_cleanly(stop_signal: signal.S
             assert sam.embed_image(image, image_id=image_id).original_size == (240, 320)
             answer = sam.segment_image(image_id=image_id, point_coords=[[100.0, 80.0]], format="binary")
         assert isinstance(answer, SegmentArrays) and answer.masks.shape == (1, 240, 320)
+        # The metrics address it prints answers with the deployments' own metrics.
+        metrics_line = re.search(r"Prometheus metrics at (\S+)", log.read_text())
+        assert metrics_line is not None, log.read_text()[-4000:]
+        assert _eventually_exports(metrics_line.group(1), "ray_sam_"), (
+            f"no ray_sam_* metrics at {metrics_line.group(1)}"
+        )
 
         process.send_signal(stop_signal)
         assert process.wait(timeout=EXIT_DEADLINE_S) == 0, log.read_text()[-4000:]
