@@ -19,11 +19,13 @@ from collections.abc import Callable
 
 import cv2
 import numpy as np
+import orjson
 import rasterio.features
 import shapely.geometry
 from PIL import Image
 
 from sam_core import masks as sam_masks
+from sam_core.cache import round_to_storage
 
 HEIGHT, WIDTH = 1500, 2250
 
@@ -179,12 +181,27 @@ def main() -> None:
     npy = sam_masks.embedding_to_npy(embedding)
     json_body = json_size(embedding.tolist())
     npy_b64 = base64.b64encode(npy).decode()
+    orjson_body = orjson.dumps(embedding, option=orjson.OPT_SERIALIZE_NUMPY)
+    rounded = round_to_storage(embedding)
+    rounded_body = orjson.dumps(rounded, option=orjson.OPT_SERIALIZE_NUMPY)
+    # The JSON list reads back as the same float32 values, exactly.
+    assert np.array_equal(np.asarray(orjson.loads(orjson_body), dtype=np.float32), embedding)
     fp16 = embedding.astype(np.float16).tobytes()
     embedding_rows: list[tuple[str, Callable[[], object], Callable[[], object] | None]] = [
         (
             "seed: embedding JSON list",
             lambda: json_size(embedding.tolist()),
             lambda: np.asarray(json.loads(json_body), dtype=np.float32),
+        ),
+        (
+            "embedding JSON list, orjson (ours, json)",
+            lambda: orjson.dumps(embedding, option=orjson.OPT_SERIALIZE_NUMPY),
+            lambda: np.asarray(orjson.loads(orjson_body), dtype=np.float32),
+        ),
+        (
+            "same, fp16-rounded values (what we serve)",
+            lambda: orjson.dumps(rounded, option=orjson.OPT_SERIALIZE_NUMPY),
+            lambda: np.asarray(orjson.loads(rounded_body), dtype=np.float32),
         ),
         (
             "embedding .npy float32 (seed binary, ours)",

@@ -13,7 +13,7 @@ from ray import serve
 
 from deployments import metrics
 from sam_core.cache import KIND_EMBEDDING
-from sam_core.embedding import ImageEmbedding
+from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.service import EncoderService
 from sam_core.settings import Settings
 
@@ -53,7 +53,7 @@ class SamEncoder:
         self._embed_batch.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
-    async def _embed_batch(self, items: list[tuple[np.ndarray, str | None]]) -> list[ImageEmbedding]:
+    async def _embed_batch(self, items: list[tuple[np.ndarray | EncoderInput, str | None]]) -> list[ImageEmbedding]:
         loop = asyncio.get_running_loop()
         images = [pixels for pixels, _ in items]
         model_id = self.service.identity.model_id
@@ -69,8 +69,9 @@ class SamEncoder:
             metrics.cache_write(model_id, KIND_EMBEDDING, nbytes)
         return embeddings
 
-    async def embed(self, pixels: np.ndarray, cache_key: str | None) -> ImageEmbedding:
-        """Embed one (H, W, 3) uint8 RGB image and cache it under `cache_key` (if given)."""
+    async def embed(self, pixels: np.ndarray | EncoderInput, cache_key: str | None) -> ImageEmbedding:
+        """Embed one image and cache it under `cache_key` (if given): (H, W, 3) uint8 RGB pixels, or an
+        `EncoderInput` the ingress already resized to the input frame (what it sends: ~3 MB, not the original)."""
         result: ImageEmbedding = await self._embed_batch((pixels, cache_key))
         return result
 

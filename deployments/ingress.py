@@ -8,6 +8,7 @@ so handle callers skip the JSON round trip but get the same validation and error
 """
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -35,9 +36,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments import metrics
 from deployments.limits import BearerAuth, BodySizeLimit
 from sam_core.cache import round_to_storage
-from sam_core.embedding import EMBEDDING_SHAPE, ImageEmbedding
+from sam_core.embedding import EMBEDDING_SHAPE, EncoderInput, ImageEmbedding
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, Overloaded, SamServeError, UnknownModel
-from sam_core.images import EncodedImage, LoadedImage, check_image_size, decode_image, read_image
+from sam_core.images import EncodedImage, check_image_size, encoder_input, read_image
 from sam_core.masks import MASK_INPUT_SHAPE, decode_npy_base64, embedding_to_npy, mask_input_array, polygons_to_mask
 from sam_core.prompts import preprocess_shape
 from sam_core.schemas import (
@@ -62,12 +63,10 @@ PARSE_WORKERS = 2
 mask inputs, the json embedding answer (21 MB of text)."""
 
 IMAGE_WORKERS = 1
-"""Threads for client images: base64, hashing, URL fetches and pixel decoding (a 20 MP JPEG is ~0.3 s of
-CPU). One thread, at a lower CPU priority than the rest of the process: a burst of uploads queues here
-instead of taking the cores that follow-up clicks on cached images need, and never the event loop."""
-
-IMAGE_WORKER_NICENESS = 4
-"""How much lower (in nice steps) the image threads run than the ingress's other threads."""
+"""Threads for client images: base64, hashing, URL fetches, pixel decoding and the resize to the encoder's
+input frame (a 20 MP JPEG is ~0.2 s of CPU). One thread, scheduled as idle work (SCHED_IDLE): a burst of
+uploads queues here instead of taking the cores that follow-up clicks on cached images need, and never
+holds the event loop."""
 
 INLINE_JSON_BYTES = 256 * 1024
 """Bodies up to this size (every click) are parsed on the loop: well under a millisecond, and no wait for a
@@ -77,14 +76,10 @@ _pools: dict[str, ThreadPoolExecutor] = {}
 
 
 def _lower_thread_priority() -> None:
-    """Lower this thread's CPU priority; Linux keeps a nice value per thread (elsewhere: a no-op)."""
-    try:
-        thread_id = threading.get_native_id()
-        os.setpriority(
-            os.PRIO_PROCESS, thread_id, min(19, os.getpriority(os.PRIO_PROCESS, thread_id) + IMAGE_WORKER_NICENESS)
-        )
-    except (AttributeError, OSError):  # no per-thread niceness here: plain priority then
-        pass
+    """Run this thread under SCHED_IDLE: it gets a core only when the process's other threads (and the
+    decoder replicas beside it) leave one free. Linux schedules threads one by one; elsewhere a no-op."""
+    with contextlib.suppress(AttributeError, OSError):  # no SCHED_IDLE here: plain priority then
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
 
 
 def _pool(name: str) -> ThreadPoolExecutor:
@@ -271,13 +266,14 @@ class SamIngress:
         image = request.image
         return await off_loop(read_image, image.type, image.value, self.settings.images, field="image", pool="image")
 
-    async def _decode_image(self, encoded: EncodedImage) -> LoadedImage:
-        """The image's pixels (off the loop): only for an image whose embedding is not cached."""
-        return await off_loop(decode_image, encoded, self.settings.images, pool="image")
+    async def _decode_image(self, encoded: EncodedImage) -> EncoderInput:
+        """The image decoded and resized to the encoder's input frame (off the loop, on the image thread): only
+        for an image whose embedding is not cached."""
+        return await off_loop(encoder_input, encoded, self.settings.images, pool="image")
 
-    async def _encode(self, image: LoadedImage, cache_key: str) -> ImageEmbedding:
+    async def _encode(self, image: EncoderInput, cache_key: str) -> ImageEmbedding:
         try:
-            embedding: ImageEmbedding = await self.encoder.embed.remote(image.pixels, cache_key)
+            embedding: ImageEmbedding = await self.encoder.embed.remote(image, cache_key)
         except BackPressureError as exc:
             raise Overloaded("the encoder is at capacity: retry shortly") from exc
         if not self.cache.shared:
@@ -419,7 +415,8 @@ class SamIngress:
         image = await self._decode_image(encoded or await self._read_image(request))
         stages["image_s"] = time.perf_counter() - loading
         encoding = time.perf_counter()
-        job.embedding = await self._encode(image, job.cache_key or CONTENT_HASH_PREFIX + image.content_sha256)
+        assert job.cache_key is not None, "segment() names the entry before encoding"
+        job.embedding = await self._encode(image, job.cache_key)
         stages["encoder_s"] = time.perf_counter() - encoding
         return self._finish(await self._decode(job), job, started, source="encoder", stages=stages)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sam_core.embedding import ImageEmbedding
+from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.errors import ConfigurationError, InvalidInput
 
 if TYPE_CHECKING:
@@ -87,11 +87,12 @@ class ImageEncoder:
         self.img_size: int = sam.image_encoder.img_size
         self.transform = ResizeLongestSide(self.img_size)
 
-    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    def preprocess(self, image: np.ndarray | EncoderInput) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
         """Resize, normalise and pad one image exactly as `SamPredictor.set_image` does.
 
         Args:
-            image: (H, W, 3) uint8 RGB array in original pixels.
+            image: (H, W, 3) uint8 RGB array in original pixels, or an `EncoderInput` already resized to the
+                1024 input frame (by the same resize) where it was decoded.
 
         Returns:
             (tensor of shape (1, 3, 1024, 1024) on the device, original_size (H, W), input_size (h, w) of the
@@ -99,19 +100,28 @@ class ImageEncoder:
         """
         import torch
 
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InvalidInput(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}", field="image")
-        original_size = (int(image.shape[0]), int(image.shape[1]))
-        resized = self.transform.apply_image(image)
+        pixels = image.pixels if isinstance(image, EncoderInput) else image
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise InvalidInput(
+                f"expected an (H, W, 3) uint8 RGB image, got {pixels.shape} {pixels.dtype}", field="image"
+            )
+        if isinstance(image, EncoderInput):
+            original_size = image.original_size
+            resized = image.pixels
+            expected = self.transform.get_preprocess_shape(*original_size, self.img_size)
+            assert resized.shape[:2] == expected, f"input-frame pixels {resized.shape[:2]}, expected {expected}"
+        else:
+            original_size = (int(image.shape[0]), int(image.shape[1]))
+            resized = self.transform.apply_image(image)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None, :, :, :]
         input_size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
         return self.sam.preprocess(tensor), original_size, input_size
 
-    def embed_batch(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+    def embed_batch(self, images: Sequence[np.ndarray | EncoderInput]) -> list[ImageEmbedding]:
         """Embed N images; returns N embeddings in the same order.
 
         Args:
-            images: (H, W, 3) uint8 RGB arrays; sizes may differ (each is padded to 1024x1024).
+            images: (H, W, 3) uint8 RGB arrays, or `EncoderInput`s; sizes may differ (each is padded to 1024x1024).
         """
         results: list[ImageEmbedding] = []
         for start in range(0, len(images), self.max_batch_size):
@@ -122,7 +132,7 @@ class ImageEncoder:
         """Embed one image (a batch of one)."""
         return self.embed_batch([image])[0]
 
-    def _embed_chunk(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+    def _embed_chunk(self, images: Sequence[np.ndarray | EncoderInput]) -> list[ImageEmbedding]:
         import torch
 
         prepared = [self.preprocess(image) for image in images]

@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 from PIL import Image, ImageOps
 
+from sam_core.embedding import EncoderInput
 from sam_core.errors import (
     ImageDecodeError,
     ImageTooLarge,
@@ -30,6 +31,7 @@ from sam_core.errors import (
     URLFetchError,
     URLInputRefused,
 )
+from sam_core.prompts import preprocess_shape
 from sam_core.settings import ImageLimits
 
 __all__ = [
@@ -41,11 +43,13 @@ __all__ = [
     "decode_image_bytes",
     "decode_numpy_array",
     "decode_numpy_payload",
+    "encoder_input",
     "fetch_image_url",
     "fetch_url_bytes",
     "load_image",
     "load_image_bytes",
     "read_image",
+    "resize_to_input_frame",
 ]
 
 NPY_FORMAT = "NPY"
@@ -559,6 +563,25 @@ def decode_image(encoded: EncodedImage, limits: ImageLimits) -> LoadedImage:
         pixels = _npy_pixels(encoded.data, limits, encoded.field)
         return LoadedImage(pixels=pixels, content_sha256=encoded.content_sha256, format=NPY_FORMAT)
     return decode_image_bytes(encoded.data, limits, field=encoded.field)
+
+
+def resize_to_input_frame(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels resized so the longest side is 1024: SAM's input frame, before padding.
+
+    Exactly what `SamPredictor.set_image` does (`ResizeLongestSide.apply_image`: torchvision's resize of a PIL
+    image, which is PIL's bilinear resize, antialiased, to `preprocess_shape`), without torch.
+    """
+    height, width = preprocess_shape((int(pixels.shape[0]), int(pixels.shape[1])))
+    if (height, width) == pixels.shape[:2]:
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def encoder_input(encoded: EncodedImage, limits: ImageLimits) -> EncoderInput:
+    """Decode an image and resize it to the encoder's input frame: the CPU-heavy work of a new image, done
+    where it arrives so that only the ~3 MB resized pixels travel on to the encoder."""
+    image = decode_image(encoded, limits)
+    return EncoderInput(pixels=resize_to_input_frame(image.pixels), original_size=image.size)
 
 
 def load_image(kind: str, value: object, limits: ImageLimits, *, field: str = "image") -> LoadedImage:

@@ -21,7 +21,7 @@ import numpy as np
 from sam_core.cache import EmbeddingCache, LocalEmbeddingCopies, image_id_hash, make_cache, round_to_storage
 from sam_core.checkpoints import resolve_checkpoint
 from sam_core.decoder import LOW_RES_SHAPE, DecoderOutput, OnnxDecoder, decoder_filename
-from sam_core.embedding import ImageEmbedding
+from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.encoder import ImageEncoder
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput
 from sam_core.images import check_image_size
@@ -111,8 +111,9 @@ class EncoderService:
         encoder = configured_encoder(model, settings, max_batch_size=max_batch_size)
         return cls(encoder, model.identity, cache_from_settings(settings), device=str(model.device))
 
-    def embed_batch(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
-        """Embed (H, W, 3) uint8 RGB images in one forward pass (CPU/GPU bound: call from a worker thread).
+    def embed_batch(self, images: Sequence[np.ndarray | EncoderInput]) -> list[ImageEmbedding]:
+        """Embed (H, W, 3) uint8 RGB images (or `EncoderInput`s) in one forward pass (CPU/GPU bound: call from a
+        worker thread).
 
         The embeddings come back at the cache's storage precision (`round_to_storage`), so the answer to a
         new image's first click is the one every later click on it gets from the cache.

@@ -18,8 +18,10 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from segment_anything.modeling.image_encoder import ImageEncoderViT
 
+from sam_core.embedding import EncoderInput
 from sam_core.encoder import ImageEncoder
 from sam_core.errors import ConfigurationError, InvalidInput
+from sam_core.images import resize_to_input_frame
 from sam_core.models import LoadedModel, build_sam
 from sam_core.service import EncoderService
 from sam_core.settings import Settings
@@ -48,6 +50,30 @@ def test_embedding_equals_sam_predictor(tiny_model: LoadedModel) -> None:
     assert float(np.abs(got.embedding - expected).max()) <= 1e-4 * scale
     assert got.original_size == tuple(predictor.original_size)
     assert got.input_size == tuple(predictor.input_size)
+
+
+def test_the_ingress_resize_is_sam_predictors_exactly() -> None:
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    rng = np.random.default_rng()
+    transform = ResizeLongestSide(1024)
+    for size in [(1, 1), (1024, 700), (3, 5000), *((int(h), int(w)) for h, w in rng.integers(1, 3000, size=(6, 2)))]:
+        pixels = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        assert np.array_equal(resize_to_input_frame(pixels), transform.apply_image(pixels)), size
+
+
+def test_an_encoder_input_resized_where_decoded_embeds_as_the_original_pixels(tiny_model: LoadedModel) -> None:
+    image = random_image(np.random.default_rng())
+    encoder = ImageEncoder(tiny_model.sam)
+    resized = EncoderInput(pixels=resize_to_input_frame(image), original_size=(image.shape[0], image.shape[1]))
+
+    from_original, from_resized = encoder.embed(image), encoder.embed(resized)
+
+    assert np.array_equal(from_resized.embedding, from_original.embedding)
+    assert (from_resized.original_size, from_resized.input_size) == (
+        from_original.original_size,
+        from_original.input_size,
+    )
 
 
 def test_batch_of_different_sizes_equals_one_at_a_time(tiny_model: LoadedModel) -> None:
