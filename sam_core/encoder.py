@@ -107,7 +107,8 @@ class ImageEncoder:
             )
         if isinstance(image, EncoderInput):
             original_size = image.original_size
-            resized = image.pixels
+            # Arrays that came through Ray's object store are read-only views; torch wants its own memory.
+            resized = image.pixels if image.pixels.flags.writeable else image.pixels.copy()
             expected = self.transform.get_preprocess_shape(*original_size, self.img_size)
             assert resized.shape[:2] == expected, f"input-frame pixels {resized.shape[:2]}, expected {expected}"
         else:

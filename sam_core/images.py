@@ -574,7 +574,7 @@ def resize_to_input_frame(pixels: np.ndarray) -> np.ndarray:
     height, width = preprocess_shape((int(pixels.shape[0]), int(pixels.shape[1])))
     if (height, width) == pixels.shape[:2]:
         return pixels
-    return np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR))
+    return np.array(Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def encoder_input(encoded: EncodedImage, limits: ImageLimits) -> EncoderInput:
