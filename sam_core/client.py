@@ -341,7 +341,7 @@ class SamClient:
 
         Returns:
             metadata (default): EmbedImageResponse (image_id, original_size (h, w), cached, time).
-            json: the same with `embeddings`, the seed's nested lists (~21 MB over the wire).
+            json: the same with `embeddings`, the seed's nested lists (~12.5 MB over the wire).
             binary: the float32 (1, 256, 64, 64) embedding, usable as `segment_image(embeddings=...)`.
         """
         body = embed_request_body(image, image_id=image_id, format=format)

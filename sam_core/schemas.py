@@ -81,7 +81,7 @@ class EmbedImageRequest(_SeedFields):
     format: Literal["json", "binary", "metadata"] = Field(
         default="json",
         description="json: the seed's answer, the float32 (1, 256, 64, 64) embedding as nested lists "
-        "(`embeddings`, ~21 MB) with image_id, original_size, cached and time; binary: the embedding's .npy "
+        "(`embeddings`, ~12.5 MB) with image_id, original_size, cached and time; binary: the embedding's .npy "
         "bytes (4 MB); metadata: the json answer without `embeddings` (to warm the cache)",
     )
 
