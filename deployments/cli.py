@@ -29,7 +29,7 @@ from sam_core.settings import Settings
 if TYPE_CHECKING:
     pass
 
-log = logging.getLogger("sam_serve.cli")
+log = logging.getLogger(__name__)
 
 
 def _setting_flags(args: argparse.Namespace) -> dict[str, Any]:

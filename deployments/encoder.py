@@ -14,12 +14,12 @@ from ray import serve
 from deployments import metrics
 from sam_core.cache import KIND_EMBEDDING
 from sam_core.embedding import EncoderInput, ImageEmbedding
+from sam_core.encoder import DEFAULT_MAX_BATCH_SIZE
 from sam_core.service import EncoderService
 from sam_core.settings import Settings
 
 log = logging.getLogger("ray.serve")
 
-DEFAULT_MAX_BATCH_SIZE = 4
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
 
 

@@ -29,19 +29,21 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import metrics
 from deployments.limits import BearerAuth, BodySizeLimit
 from sam_core.cache import round_to_storage
-from sam_core.embedding import EMBEDDING_SHAPE, EncoderInput, ImageEmbedding
+from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, Overloaded, SamServeError, UnknownModel
+from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE, preprocess_shape
 from sam_core.images import EncodedImage, check_image_size, encoder_input, read_image
-from sam_core.masks import MASK_INPUT_SHAPE, decode_npy_base64, embedding_to_npy, mask_input_array, polygons_to_mask
-from sam_core.prompts import preprocess_shape
+from sam_core.masks import decode_npy_base64, embedding_to_npy, mask_input_array, polygons_to_mask
 from sam_core.schemas import (
+    EMBED_ROUTE,
+    SEGMENT_ROUTE,
     EmbedImageRequest,
     EmbedImageResponse,
     ErrorResponse,
@@ -142,8 +144,6 @@ api = FastAPIOffline(
 api.router.route_class = _OffLoopJSONRoute
 
 CONTENT_HASH_PREFIX = "sha256:"
-EMBED_ROUTE = "/sam/embed_image"
-SEGMENT_ROUTE = "/sam/segment_image"
 # The error statuses the API routes answer, documented in OpenAPI with the one error body they all use.
 _ERROR_STATUSES = {
     400: "malformed JSON, base64 or image",
@@ -215,8 +215,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 @api.exception_handler(RayActorError)
-async def _replica_died(request: Request, exc: RayActorError) -> JSONResponse:
+async def _replica_died(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(request, 503, "ReplicaUnavailable", None, "a model replica failed during the request: retry")
+
+
+# Serve's own words for the same event (a replica gone before or while it was chosen; a deployment with none).
+api.add_exception_handler(ReplicaUnavailableError, _replica_died)
+api.add_exception_handler(DeploymentUnavailableError, _replica_died)
 
 
 @api.exception_handler(Exception)
@@ -439,7 +444,7 @@ class SamIngress:
         """
         try:
             result: SegmentResult = await self.decoder.segment.remote(job)
-        except RayActorError:
+        except (RayActorError, ReplicaUnavailableError):
             log.warning("decoder replica died during a request; retrying once")
             result = await self.decoder.segment.remote(job)
         except BackPressureError as exc:

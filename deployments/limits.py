@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+from sam_core.settings import DEFAULT_MAX_BODY_BYTES
 
 
 class _BodyTooLarge(Exception):

@@ -29,15 +29,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from sam_core.embedding import EMBEDDING_SHAPE, ImageEmbedding
+from sam_core.embedding import ImageEmbedding
 from sam_core.errors import CacheUnavailable, ConfigurationError
+from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-LOW_RES_LOGITS_SHAPE: Final = (1, 1, 256, 256)
-"""Low-res mask logits fed back as `mask_input`: one mask in the 256x256 low-res frame."""
 
 KIND_EMBEDDING: Final = "emb"
 KIND_LOW_RES_LOGITS: Final = "lowres"
@@ -157,16 +155,16 @@ def encode_low_res_logits(logits: np.ndarray) -> bytes:
     SAM's low-res logits sit within about +-100 in practice, where float16 is exact to ~0.05 %; anything
     beyond +-65504 is clipped, which leaves the mask (the sign) and the saturated sigmoid unchanged.
     """
-    if tuple(logits.shape) != LOW_RES_LOGITS_SHAPE:
-        raise ValueError(f"low-res logits must have shape {LOW_RES_LOGITS_SHAPE}, got {logits.shape}")
+    if tuple(logits.shape) != MASK_INPUT_SHAPE:
+        raise ValueError(f"low-res logits must have shape {MASK_INPUT_SHAPE}, got {logits.shape}")
     return _encode(KIND_LOW_RES_LOGITS, logits, (0, 0), (0, 0))
 
 
 def decode_low_res_logits(payload: bytes) -> np.ndarray:
     """Inverse of `encode_low_res_logits`: float32 (1, 1, 256, 256). Raises `CorruptCacheEntryError`."""
     array, _, _ = _decode(KIND_LOW_RES_LOGITS, payload)
-    if array.shape != LOW_RES_LOGITS_SHAPE:
-        raise CorruptCacheEntryError(f"{KIND_LOW_RES_LOGITS}: shape {array.shape}, expected {LOW_RES_LOGITS_SHAPE}")
+    if array.shape != MASK_INPUT_SHAPE:
+        raise CorruptCacheEntryError(f"{KIND_LOW_RES_LOGITS}: shape {array.shape}, expected {MASK_INPUT_SHAPE}")
     return array
 
 
@@ -367,7 +365,7 @@ class EmbeddingCache(abc.ABC):
         try:
             return await call
         except CacheUnavailable as exc:
-            logger.warning(
+            log.warning(
                 "cache %s unavailable: model=%s image=%s: %s",
                 op,
                 model_id,
@@ -405,7 +403,7 @@ class EmbeddingCache(abc.ABC):
             value = decode(payload)
         except CorruptCacheEntryError as exc:
             # A stale format version or foreign bytes: recomputing is always correct, so it is a miss.
-            logger.warning(
+            log.warning(
                 "unreadable cache entry treated as a miss: model=%s image=%s kind=%s: %s",
                 model_id,
                 image_id_hash(image_id),
@@ -478,7 +476,7 @@ class RedisEmbeddingCache(EmbeddingCache):
         if self._client is None or self._loop is not loop:
             if self._client is not None:
                 # The old client's sockets belong to a finished loop and cannot be awaited from this one.
-                logger.debug("event loop changed: creating a new Redis client")
+                log.debug("event loop changed: creating a new Redis client")
             self._client = self._new_client()
             self._loop = loop
         return self._client
@@ -537,7 +535,7 @@ class RedisEmbeddingCache(EmbeddingCache):
         try:
             return bool(await self._call("ping", lambda client: client.ping()))
         except CacheUnavailable as exc:
-            logger.info("redis ping failed: %s", exc.reason)
+            log.info("redis ping failed: %s", exc.reason)
             return False
 
     async def close(self) -> None:
@@ -547,7 +545,7 @@ class RedisEmbeddingCache(EmbeddingCache):
             try:
                 await client.aclose()
             except (RedisError, OSError) as exc:
-                logger.info("closing the Redis client: %s", exc)
+                log.info("closing the Redis client: %s", exc)
 
 
 # ---- in-process ----------------------------------------------------------------------------------------
@@ -615,7 +613,7 @@ class MemoryEmbeddingCache(EmbeddingCache):
                 self._pop(key)
             self._purge_expired(now)
             if len(payload) > self.max_bytes:
-                logger.warning("value of %d bytes exceeds the memory cache bound %d", len(payload), self.max_bytes)
+                log.warning("value of %d bytes exceeds the memory cache bound %d", len(payload), self.max_bytes)
                 return 0
             while self._total_bytes + len(payload) > self.max_bytes:
                 self._pop(next(iter(self._entries)))

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 import httpx
 import numpy as np
 
-from sam_core.embedding import EMBEDDING_SHAPE
 from sam_core.errors import InvalidInput
-from sam_core.masks import MASK_INPUT_SHAPE, npy_to_embedding, npz_to_segment
+from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
+from sam_core.masks import npy_to_embedding, npz_to_segment
 from sam_core.schemas import (
+    EMBED_ROUTE,
+    SEGMENT_ROUTE,
     EmbedImageRequest,
     EmbedImageResponse,
     ImagePayload,
@@ -48,8 +50,6 @@ JsonFormat: TypeAlias = Literal["json", "rle", "png"]
 DEFAULT_TIMEOUT_S = 300.0
 """Generous on purpose: the first request for an image runs the encoder (seconds to tens of seconds on CPU)."""
 
-EMBED_PATH = "/sam/embed_image"
-SEGMENT_PATH = "/sam/segment_image"
 USER_AGENT = "sam-serve-client/0.1.0"
 
 
@@ -345,7 +345,7 @@ class SamClient:
             binary: the float32 (1, 256, 64, 64) embedding, usable as `segment_image(embeddings=...)`.
         """
         body = embed_request_body(image, image_id=image_id, format=format)
-        return parse_embed_response(self._http.post(EMBED_PATH, json=body), format)
+        return parse_embed_response(self._http.post(EMBED_ROUTE, json=body), format)
 
     @overload
     def segment_image(
@@ -435,7 +435,7 @@ class SamClient:
             orig_im_size=orig_im_size,
             format=format,
         )
-        return parse_segment_response(self._http.post(SEGMENT_PATH, json=body), format)
+        return parse_segment_response(self._http.post(SEGMENT_ROUTE, json=body), format)
 
     def healthz(self) -> dict[str, Any]:
         """GET /healthz: `{"status": "ok"}` while the ingress answers."""
@@ -480,7 +480,7 @@ class AsyncSamClient:
     ) -> EmbedImageResponse | np.ndarray:
         """See `SamClient.embed_image`."""
         body = await asyncio.to_thread(embed_request_body, image, image_id=image_id, format=format)
-        return parse_embed_response(await self._http.post(EMBED_PATH, json=body), format)
+        return parse_embed_response(await self._http.post(EMBED_ROUTE, json=body), format)
 
     @overload
     async def segment_image(
@@ -554,7 +554,7 @@ class AsyncSamClient:
             body = segment_request_body(**fields)
         else:
             body = await asyncio.to_thread(lambda: segment_request_body(**fields))
-        return parse_segment_response(await self._http.post(SEGMENT_PATH, json=body), format)
+        return parse_segment_response(await self._http.post(SEGMENT_ROUTE, json=body), format)
 
     async def healthz(self) -> dict[str, Any]:
         """See `SamClient.healthz`."""

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sam_core.embedding import EMBEDDING_SHAPE, ImageEmbedding
+from sam_core.embedding import ImageEmbedding
 from sam_core.errors import ConfigurationError, InvalidInput
+from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
 from sam_core.prompts import Prompt, onnx_prompt_inputs
 
 if TYPE_CHECKING:
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
     from sam_core.models import ModelIdentity
 
 log = logging.getLogger(__name__)
-
-LOW_RES_SHAPE = (1, 1, 256, 256)
-"""SAM's low-res mask frame: mask_input and low_res_masks live on this 256x256 grid (1024 frame / 4)."""
 
 ONNX_OPSET = 17
 EXPORT_VERSION = 2
@@ -256,11 +254,11 @@ class OnnxDecoder:
             raise InvalidInput(f"embedding must have shape {EMBEDDING_SHAPE}", field="embeddings")
         point_coords, point_labels = onnx_prompt_inputs(prompt, embedding.original_size)
         if mask_input is None:
-            mask = np.zeros(LOW_RES_SHAPE, dtype=np.float32)
+            mask = np.zeros(MASK_INPUT_SHAPE, dtype=np.float32)
             has_mask = np.zeros(1, dtype=np.float32)
         else:
-            if mask_input.shape != LOW_RES_SHAPE:
-                raise InvalidInput(f"must have shape {LOW_RES_SHAPE}, got {mask_input.shape}", field="mask_input")
+            if mask_input.shape != MASK_INPUT_SHAPE:
+                raise InvalidInput(f"must have shape {MASK_INPUT_SHAPE}, got {mask_input.shape}", field="mask_input")
             mask = np.ascontiguousarray(mask_input, dtype=np.float32)
             has_mask = np.ones(1, dtype=np.float32)
         session = self.multi if multimask else self.single

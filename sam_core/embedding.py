@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EMBEDDING_SHAPE = (1, 256, 64, 64)
-"""SAM's image embedding for one image: 256 channels on a 64x64 grid (the 1024 input frame / 16)."""
+from sam_core.frames import EMBEDDING_SHAPE
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 _AUTOCAST_DTYPES = ("float32", "float16", "bfloat16")
 
+DEFAULT_MAX_BATCH_SIZE = 4
+"""Most images in one forward pass unless configured (the encoder deployment's `user_config` changes it at
+run time): enough to fill a GPU with ViT-H's 1024x1024 inputs without making one image wait for many."""
+
 
 class ImageEncoder:
     """Embeds RGB images with a SAM image encoder, several at a time.
@@ -57,7 +61,7 @@ class ImageEncoder:
         *,
         device: torch.device | str = "cpu",
         dtype: str = "float32",
-        max_batch_size: int = 8,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         fused_attention: bool = False,
         channels_last: bool = False,
         compile: bool = False,

@@ -31,7 +31,7 @@ from sam_core.errors import (
     URLFetchError,
     URLInputRefused,
 )
-from sam_core.prompts import preprocess_shape
+from sam_core.frames import preprocess_shape
 from sam_core.settings import ImageLimits
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
     "fetch_image_url",
     "fetch_url_bytes",
     "load_image",
-    "load_image_bytes",
     "read_image",
     "resize_to_input_frame",
 ]
@@ -121,11 +120,6 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, *, field: str = "image.
     except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ... on bad data
         raise ImageDecodeError(f"the image could not be decoded ({_describe(exc)})", field=field) from exc
     return LoadedImage(pixels=pixels, content_sha256=_sha256(data), format=image_format)
-
-
-def load_image_bytes(data: bytes, limits: ImageLimits, *, field: str = "image") -> LoadedImage:
-    """Raw encoded bytes (multipart upload, batch job reading files it owns): same as `decode_image_bytes`."""
-    return decode_image_bytes(data, limits, field=field)
 
 
 def _open_header(data: bytes, limits: ImageLimits, field: str) -> Image.Image:

@@ -22,14 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pycocotools.mask as coco_mask
 
-from sam_core.embedding import EMBEDDING_SHAPE
 from sam_core.errors import InvalidInput
-
-LOW_RES_SHAPE = (256, 256)
-"""SAM's low-res mask frame (height, width): `low_res_masks` and `mask_input` live here."""
-
-MASK_INPUT_SHAPE = (1, 1, 256, 256)
-"""The decoder's `mask_input`: one 256x256 low-res mask for the batch of one."""
+from sam_core.frames import EMBEDDING_SHAPE, LOW_RES_SHAPE, MASK_INPUT_SHAPE
 
 FLOAT_DTYPES: tuple[type[np.floating], ...] = (np.float32, np.float16, np.float64)
 """dtypes a client-sent .npy may carry unless the caller says otherwise."""

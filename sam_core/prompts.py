@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sam_core.errors import InvalidInput
-
-INPUT_SIZE = 1024
-"""Longest side of SAM's input frame."""
+from sam_core.frames import preprocess_shape
 
 POINT_LABELS = {
     -1: "padding (ignored)",
@@ -47,13 +45,6 @@ class Prompt:
     def num_rows(self) -> int:
         """Rows of `point_coords` the ONNX model will see (clicks, box corners, padding)."""
         return len(self.point_labels) + (2 if self.box is not None else 1)
-
-
-def preprocess_shape(original_size: tuple[int, int], long_side: int = INPUT_SIZE) -> tuple[int, int]:
-    """(h, w) of an image of `original_size` (h, w) once its longest side is resized to `long_side`."""
-    old_h, old_w = original_size
-    scale = long_side * 1.0 / max(old_h, old_w)
-    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
 
 
 def to_input_frame(coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:

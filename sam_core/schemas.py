@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field
 
 from sam_core.embedding import ImageEmbedding
 
+EMBED_ROUTE = "/sam/embed_image"
+SEGMENT_ROUTE = "/sam/segment_image"
+"""The seed's two routes: the ingress serves them, the client calls them."""
+
 MAX_IMAGE_ID_LENGTH = 256
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 

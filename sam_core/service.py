@@ -20,10 +20,11 @@ import numpy as np
 
 from sam_core.cache import EmbeddingCache, LocalEmbeddingCopies, image_id_hash, make_cache, round_to_storage
 from sam_core.checkpoints import resolve_checkpoint
-from sam_core.decoder import LOW_RES_SHAPE, DecoderOutput, OnnxDecoder, decoder_filename
+from sam_core.decoder import DecoderOutput, OnnxDecoder, decoder_filename
 from sam_core.embedding import EncoderInput, ImageEmbedding
-from sam_core.encoder import ImageEncoder
+from sam_core.encoder import DEFAULT_MAX_BATCH_SIZE, ImageEncoder
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput
+from sam_core.frames import MASK_INPUT_SHAPE
 from sam_core.images import check_image_size
 from sam_core.masks import encode_png, encode_rle, mask_to_polygon, segment_to_npz
 from sam_core.models import LoadedModel, ModelIdentity, load_model
@@ -70,7 +71,9 @@ def resolve_configured_checkpoint(settings: Settings) -> tuple[Path, str]:
     )
 
 
-def configured_encoder(model: LoadedModel, settings: Settings, *, max_batch_size: int = 8) -> ImageEncoder:
+def configured_encoder(
+    model: LoadedModel, settings: Settings, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+) -> ImageEncoder:
     """The image encoder on the model's device with the configured precision and speed options."""
     return ImageEncoder(
         model.sam,
@@ -106,7 +109,7 @@ class EncoderService:
         self.device = device
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, max_batch_size: int = 8) -> EncoderService:
+    def from_settings(cls, settings: Settings, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> EncoderService:
         model = load_configured_model(settings)
         encoder = configured_encoder(model, settings, max_batch_size=max_batch_size)
         return cls(encoder, model.identity, cache_from_settings(settings), device=str(model.device))
@@ -252,7 +255,7 @@ class DecoderService:
         if job.cache_key is None:
             return
         best = int(np.argmax(output.iou_scores))
-        logits = output.low_res_logits[best].reshape(LOW_RES_SHAPE)
+        logits = output.low_res_logits[best].reshape(MASK_INPUT_SHAPE)
         try:
             await self.cache.put_low_res_logits(self.identity.model_id, job.cache_key, logits)
         except CacheUnavailable:

@@ -13,6 +13,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+"""Largest HTTP request body by default: a 20 MiB image as base64 (27 MiB) with room for the rest."""
+
 
 def default_cache_dir() -> Path:
     """Where downloaded checkpoints and exported decoders live unless configured otherwise."""
@@ -92,7 +95,7 @@ class Settings(BaseSettings):
         default=None, description="when set, /sam/* routes require `Authorization: Bearer <token>`"
     )
     max_body_bytes: int = Field(
-        default=32 * 1024 * 1024, gt=0, description="largest HTTP request body (base64 images, embeddings)"
+        default=DEFAULT_MAX_BODY_BYTES, gt=0, description="largest HTTP request body (base64 images, embeddings)"
     )
 
     @classmethod

@@ -13,7 +13,6 @@ import pytest
 
 from sam_core.cache import (
     HEADER_BYTES,
-    LOW_RES_LOGITS_SHAPE,
     CorruptCacheEntryError,
     EmbeddingCache,
     LocalEmbeddingCopies,
@@ -26,8 +25,9 @@ from sam_core.cache import (
     encode_low_res_logits,
     make_cache,
 )
-from sam_core.embedding import EMBEDDING_SHAPE, ImageEmbedding
+from sam_core.embedding import ImageEmbedding
 from sam_core.errors import CacheUnavailable
+from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
 
 if TYPE_CHECKING:
     from conftest import RedisServer
@@ -79,7 +79,7 @@ def random_embedding(rng: np.random.Generator) -> ImageEmbedding:
 
 
 def random_logits(rng: np.random.Generator) -> np.ndarray:
-    return (rng.standard_normal(LOW_RES_LOGITS_SHAPE) * 20.0).astype(np.float32)
+    return (rng.standard_normal(MASK_INPUT_SHAPE) * 20.0).astype(np.float32)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -107,7 +107,7 @@ def test_encoded_embedding_is_header_plus_float16(rng: np.random.Generator) -> N
 
 
 def test_logits_beyond_float16_range_are_clipped_not_infinite() -> None:
-    logits = np.zeros(LOW_RES_LOGITS_SHAPE, dtype=np.float32)
+    logits = np.zeros(MASK_INPUT_SHAPE, dtype=np.float32)
     logits[0, 0, 0, :2] = [1e6, -1e6]
     restored = decode_low_res_logits(encode_low_res_logits(logits))
     assert np.all(np.isfinite(restored))

@@ -125,8 +125,8 @@ def test_killed_encoder_and_decoder_are_replaced_and_no_embedding_is_lost(faults
         for name, namespace in encoder + decoder:
             ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
         statuses = [future.result().status_code for future in in_flight]
-    # At most the in-flight requests fail, and then with a 5xx that says so (never a hang).
-    assert all(status in (200, 500, 503) for status in statuses), statuses
+    # At most the in-flight requests fail, and then with a 503 that says to retry (never a 500, never a hang).
+    assert all(status in (200, 503) for status in statuses), statuses
 
     deadline = killed_at + 120
     while time.monotonic() < deadline:

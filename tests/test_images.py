@@ -36,7 +36,6 @@ from sam_core.images import (
     decode_numpy_payload,
     fetch_image_url,
     load_image,
-    load_image_bytes,
     read_image,
 )
 from sam_core.settings import ImageLimits
@@ -260,12 +259,6 @@ def test_animated_gif_gives_its_first_frame() -> None:
 
     assert loaded.format == "GIF"
     np.testing.assert_array_equal(loaded.pixels[4, 4], [255, 0, 0])
-
-
-def test_load_image_bytes_is_decode_image_bytes_for_raw_uploads() -> None:
-    data = encode(Image.fromarray(random_rgb(3, 5)), "PNG")
-
-    assert load_image_bytes(data, limits()).content_sha256 == decode_image_bytes(data, limits()).content_sha256
 
 
 # ---- encoded images: what is refused --------------------------------------------------------------------

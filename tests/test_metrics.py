@@ -17,7 +17,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from sam_core.cache import HEADER_BYTES
-from sam_core.embedding import EMBEDDING_SHAPE
+from sam_core.frames import EMBEDDING_SHAPE
 from tests.conftest import APP_NAME, ServeApp
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,8 @@ import pytest
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from sam_core.errors import InvalidInput
-from sam_core.prompts import build_prompt, onnx_prompt_inputs, preprocess_shape, to_input_frame
+from sam_core.frames import preprocess_shape
+from sam_core.prompts import build_prompt, onnx_prompt_inputs, to_input_frame
 
 
 def test_input_frame_transform_matches_segment_anything() -> None:

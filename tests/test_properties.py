@@ -12,14 +12,13 @@ from hypothesis import strategies as st
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from sam_core.errors import InvalidInput
+from sam_core.frames import INPUT_SIZE, preprocess_shape
 from sam_core.prompts import (
-    INPUT_SIZE,
     MAX_POINTS,
     POINT_LABELS,
     Prompt,
     build_prompt,
     onnx_prompt_inputs,
-    preprocess_shape,
     to_input_frame,
 )
 
