@@ -20,14 +20,11 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sam_core.errors import ConfigurationError, SamServeError
 from sam_core.settings import Settings
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +175,10 @@ LOCAL_REDIS_OPTIONS = {
 }
 MEMORY_CACHE_WARNING = """\
 *************************************************************************************************
-* WARNING: no Redis, so each Ray Serve replica keeps its OWN in-memory embedding cache.         *
-* An embedding is cached only in the replica that embedded the image (the encoder), and follow- *
-* up clicks only hit the cache on that replica, which never answers clicks: a click that sends  *
-* just `image_id` is answered 404 (CacheMiss), and every click must resend the image, which is  *
-* then embedded again.                                                                          *
+* WARNING: no Redis, so nothing is shared between processes. The ingress keeps the embeddings   *
+* in its own memory and sends them to the decoders with every click; the low-res logits for     *
+* use_mask_input_cache stay in each decoder replica; everything is lost when the app restarts,  *
+* and a second ingress replica would not see the first one's images.                            *
 * Install redis-server (then `sam-serve run` starts one) or pass --redis-url / set REDIS_URL.   *
 *************************************************************************************************"""
 
@@ -348,7 +344,7 @@ def _pick_cache(flag_url: str | None, sam_redis_url: str | None) -> tuple[str | 
         else:
             print(f"sam-serve: cache: private redis-server at {local.url} (pid {local.pid})", file=sys.stderr)
             return local.url, local
-    log.warning("no Redis: per-replica in-memory caches; clicks by image_id alone will get 404 (CacheMiss)")
+    log.warning("no Redis: the ingress keeps embeddings in its own memory; nothing is shared or kept on restart")
     print(MEMORY_CACHE_WARNING, file=sys.stderr)
     return None, None
 

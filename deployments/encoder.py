@@ -62,11 +62,13 @@ class SamEncoder:
         metrics.encoder_batch(model_id, len(images), time.perf_counter() - started)
         self.images_embedded += len(images)
         self.batches += 1
-        stored = await asyncio.gather(
-            *(self.service.store(key, emb) for (_, key), emb in zip(items, embeddings, strict=True) if key)
-        )
-        for nbytes in stored:
-            metrics.cache_write(model_id, KIND_EMBEDDING, nbytes)
+        if self.service.cache.shared:
+            # Without Redis this process's cache would be read by nobody: the ingress keeps the embeddings.
+            stored = await asyncio.gather(
+                *(self.service.store(key, emb) for (_, key), emb in zip(items, embeddings, strict=True) if key)
+            )
+            for nbytes in stored:
+                metrics.cache_write(model_id, KIND_EMBEDDING, nbytes)
         return embeddings
 
     async def embed(self, pixels: np.ndarray | EncoderInput, cache_key: str | None) -> ImageEmbedding:

@@ -327,11 +327,6 @@ class EmbeddingCache(abc.ABC):
             return None
         return self._decoded(decode_low_res_logits, payloads[0], model_id, image_id, KIND_LOW_RES_LOGITS)
 
-    async def delete(self, model_id: str, image_id: str) -> None:
-        """Forget everything cached for this image under this model."""
-        keys = [cache_key(model_id, image_id, kind) for kind in KINDS]
-        await self._guarded("delete", model_id, image_id, self._remove(keys))
-
     @abc.abstractmethod
     async def ping(self) -> bool:
         """True when the backend answers now; never raises."""

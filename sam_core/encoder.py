@@ -4,8 +4,9 @@ The encoder is ~90 % of SAM's compute and runs once per image; batching several 
 is what keeps a GPU busy. Images of any size are resized to a longest side of 1024 before they reach the
 network, so memory per image is bounded whatever the client sends.
 
-Speed options (each off by default here, so the default is the exact fp32 network) are applied to a copy of the image
-encoder's module tree that shares its weights, so the caller's model is never changed: fused attention
+Speed options (off in this class by default, which is then the exact segment_anything forward; the service's
+settings turn fused attention and channels-last on) are applied to a copy of the image encoder's module tree
+that shares its weights, so the caller's model is never changed: fused attention
 (`scaled_dot_product_attention` with SAM's relative-position bias as its mask), channels-last convolutions,
 and `torch.compile`. bench/bench_encoder.py measures each against fp32 for speed and fidelity.
 """
@@ -82,9 +83,7 @@ class ImageEncoder:
         self.sam = sam.to(self.device).eval()
         self.dtype = dtype
         self.max_batch_size = max_batch_size
-        self.fused_attention = fused_attention
         self.channels_last = channels_last
-        self.compile = compile
         self.image_encoder = _fast_image_encoder(
             sam.image_encoder, fused_attention=fused_attention, channels_last=channels_last, compile=compile
         )

@@ -17,10 +17,6 @@ class SamServeError(Exception):
         self.reason = reason
         self.field = field
 
-    def to_dict(self) -> dict[str, str | None]:
-        """The JSON body a client sees: the field at fault and why, never a traceback."""
-        return {"error": type(self).__name__, "field": self.field, "reason": self.reason}
-
 
 # ---- client errors (4xx) ------------------------------------------------------------------------------
 

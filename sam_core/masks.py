@@ -1,4 +1,4 @@
-"""Mask encodings in and out: polygons, COCO RLE, PNG, bit-packed arrays and the seed's .npy/.npz bodies.
+"""Mask encodings in and out: polygons, COCO RLE, PNG and the seed's .npy/.npz bodies.
 
 Two pixel frames meet here. Masks at **original-image pixels** ((H, W), what `masks` means in a response) and
 masks in SAM's **256x256 low-res frame** (`low_res_masks` and every `mask_input`). Encoders keep whatever
@@ -12,7 +12,6 @@ import base64
 import binascii
 import io
 import math
-import struct
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -38,15 +37,6 @@ MAX_POLYGONS = 256
 MAX_NPY_BASE64_CHARS = 8 * 1024 * 1024
 """Longest base64 string `decode_npy_base64` reads by default: a float32 (1,256,64,64) embedding is 5.6 M."""
 
-MAX_DECODED_PIXELS = 50_000_000
-"""Largest mask (h*w) `decode_rle`/`decode_png` will allocate: a few bytes of either can claim a huge mask."""
-
-PACKED_MAGIC = b"SAMM"
-PACKED_VERSION = 1
-PACKED_MAX_NDIM = 8
-_PACKED_HEAD = struct.Struct("<4sBB")  # magic, version, ndim; then ndim little-endian uint32 sizes
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_PARAMS = [
     cv2.IMWRITE_PNG_BILEVEL, 1,
     cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
@@ -110,15 +100,6 @@ def mask_to_polygon(mask: np.ndarray) -> list[list[int]]:
     # One pass for the largest instead of sorting them all: a ragged mask can have thousands of specks.
     polygon: list[list[int]] = max(contours, key=_contour_size).reshape(-1, 2).tolist()
     return polygon
-
-
-def mask_to_polygons(mask: np.ndarray) -> list[list[list[int]]]:
-    """Every external contour of a (H, W) mask, largest area first, each as `mask_to_polygon` describes.
-
-    `polygons_to_mask` of the result gives the mask back with its holes filled.
-    """
-    ranked = sorted(_external_contours(mask), key=_contour_size, reverse=True)
-    return [c.reshape(-1, 2).tolist() for c in ranked]
 
 
 _SEQUENCE_TYPES = (list, tuple)
@@ -352,73 +333,6 @@ def encode_rle(mask: np.ndarray) -> dict[str, object]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def _coco_run_lengths(counts: bytes, field: str) -> np.ndarray:
-    """Parse COCO's LEB128-like counts string (6 bits a char, runs after the 2nd delta-coded) to run lengths.
-
-    pycocotools' own parser does no bounds checks (an empty or short string decodes to uninitialised
-    memory), so client-sent RLE is parsed and checked here first, vectorised.
-    """
-    codes = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
-    if ((codes < 0) | (codes > 63)).any():
-        raise InvalidInput("RLE counts has characters outside COCO's alphabet ('0'..'o')", field=field)
-    if codes.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.flatnonzero((codes & 0x20) == 0)  # a char without the continuation bit ends a number
-    if ends.size == 0 or ends[-1] != codes.size - 1:
-        raise InvalidInput("RLE counts ends inside a number", field=field)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > 7:  # 35 bits: more than any h*w we accept
-        raise InvalidInput("RLE counts has a number too large", field=field)
-    digit_index = np.arange(codes.size) - np.repeat(starts, lengths)
-    values = np.add.reduceat((codes & 0x1F) << (5 * digit_index), starts)
-    negative = (codes[ends] & 0x10) != 0
-    values[negative] -= np.left_shift(1, 5 * lengths[negative])
-    runs = values.copy()
-    runs[1::2] = np.cumsum(values[1::2])  # run m > 2 is stored as the difference to run m - 2
-    runs[2::2] = np.cumsum(values[2::2])
-    if (runs < 0).any():
-        raise InvalidInput("RLE counts has a negative run", field=field)
-    return runs
-
-
-def decode_rle(rle: object, *, field: str = "mask", max_pixels: int = MAX_DECODED_PIXELS) -> np.ndarray:
-    """Decode COCO RLE (`{"size": [h, w], "counts": str | bytes}`) to a (h, w) bool mask.
-
-    Counts are parsed and checked here (runs must cover exactly h*w pixels) rather than handed to
-    pycocotools, whose parser has no bounds checks; the round trip with pycocotools is tested.
-
-    Raises:
-        InvalidInput: not that shape of dict, size not two non-negative ints, more than `max_pixels`,
-            malformed counts or counts not summing to h*w.
-    """
-    if not isinstance(rle, dict) or set(rle) != {"size", "counts"}:
-        raise InvalidInput('expected {"size": [h, w], "counts": "..."}', field=field)
-    size, counts = rle["size"], rle["counts"]
-    if (
-        not isinstance(size, (list, tuple))
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in size)
-    ):
-        raise InvalidInput("RLE size must be [height, width], two non-negative integers", field=field)
-    height, width = size
-    if height * width > max_pixels:
-        raise InvalidInput(f"RLE size {height}x{width} exceeds {max_pixels} pixels", field=field)
-    if isinstance(counts, str):
-        try:
-            counts = counts.encode("ascii")
-        except UnicodeEncodeError as exc:
-            raise InvalidInput("RLE counts must be ASCII", field=field) from exc
-    if not isinstance(counts, bytes):
-        raise InvalidInput("RLE counts must be a COCO compressed string", field=field)
-    runs = _coco_run_lengths(counts, field)
-    if int(runs.sum()) != height * width:
-        raise InvalidInput(f"RLE runs cover {int(runs.sum())} pixels; size needs {height * width}", field=field)
-    # The runs are in hand and checked, so numpy expands them (pycocotools' decode would re-parse the string).
-    column_major = np.repeat(np.arange(runs.size) % 2 == 1, runs)
-    return np.ascontiguousarray(column_major.reshape(width, height).T)
-
-
 # ---- PNG ----------------------------------------------------------------------------------------------
 
 
@@ -435,77 +349,6 @@ def encode_png(mask: np.ndarray) -> bytes:
     ok, encoded = cv2.imencode(".png", mask_u8, _PNG_PARAMS)
     assert ok, "cv2.imencode failed on a plain uint8 image"
     return encoded.tobytes()
-
-
-def decode_png(data: bytes, *, field: str = "mask", max_pixels: int = MAX_DECODED_PIXELS) -> np.ndarray:
-    """A PNG mask (1-bit or 8-bit greyscale, any frame) back to a (H, W) bool mask: pixels >= 128 are inside.
-
-    The size in the PNG header is checked against `max_pixels` before anything is decompressed.
-    """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise InvalidInput(f"expected PNG bytes, got {type(data).__name__}", field=field)
-    data = bytes(data)
-    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        raise InvalidInput("not a PNG image", field=field)
-    width, height = struct.unpack(">II", data[16:24])
-    if width * height > max_pixels:
-        raise InvalidInput(f"PNG is {width}x{height}; at most {max_pixels} pixels are accepted", field=field)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    if image is None or image.shape != (height, width):
-        raise InvalidInput("unreadable PNG image", field=field)
-    return image >= 128
-
-
-# ---- compact bit-packed arrays ------------------------------------------------------------------------
-
-
-def encode_packed(mask: np.ndarray) -> bytes:
-    """A bool array of any shape (up to 8 dims, any frame) as self-describing bit-packed bytes.
-
-    Layout (version 1): magic `b"SAMM"`, version (uint8), ndim (uint8), ndim sizes (little-endian uint32),
-    then the C-order bits packed 8 to a byte, most significant bit first (`np.packbits`), zero padded.
-    Raw, not compressed: 1 bit a pixel (422 kB for 1500x2250) in ~1 ms; compress in transport if needed.
-    """
-    mask = _as_bool_mask(mask)
-    assert mask.ndim <= PACKED_MAX_NDIM, f"at most {PACKED_MAX_NDIM} dims, got {mask.ndim}"
-    assert all(s < 2**32 for s in mask.shape), f"sizes must fit uint32, got {mask.shape}"
-    header = _PACKED_HEAD.pack(PACKED_MAGIC, PACKED_VERSION, mask.ndim)
-    header += struct.pack(f"<{mask.ndim}I", *mask.shape)
-    return header + np.packbits(mask, axis=None).tobytes()
-
-
-def decode_packed(data: bytes, *, field: str = "mask") -> np.ndarray:
-    """Bytes from `encode_packed` back to the bool array; anything malformed is refused, not guessed at.
-
-    The payload must be exactly the bytes the header's shape needs, so the output size is bounded by the
-    input size.
-    """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise InvalidInput(f"expected packed mask bytes, got {type(data).__name__}", field=field)
-    data = bytes(data)
-    if len(data) < _PACKED_HEAD.size:
-        raise InvalidInput("packed mask too short for its header", field=field)
-    magic, version, ndim = _PACKED_HEAD.unpack_from(data)
-    if magic != PACKED_MAGIC:
-        raise InvalidInput("not a packed mask (bad magic)", field=field)
-    if version != PACKED_VERSION:
-        raise InvalidInput(f"packed mask version {version} unsupported (this reads {PACKED_VERSION})", field=field)
-    if ndim > PACKED_MAX_NDIM:
-        raise InvalidInput(f"packed mask has {ndim} dims; at most {PACKED_MAX_NDIM}", field=field)
-    payload_start = _PACKED_HEAD.size + 4 * ndim
-    if len(data) < payload_start:
-        raise InvalidInput("packed mask too short for its shape", field=field)
-    shape = struct.unpack_from(f"<{ndim}I", data, _PACKED_HEAD.size)
-    count = math.prod(shape)
-    payload = np.frombuffer(data, dtype=np.uint8, offset=payload_start)
-    if payload.size != (count + 7) // 8:
-        raise InvalidInput(
-            f"packed mask payload is {payload.size} bytes; shape {shape} needs {(count + 7) // 8}",
-            field=field,
-        )
-    if count % 8 and payload[-1] & ((1 << (8 - count % 8)) - 1):
-        raise InvalidInput("packed mask padding bits are not zero", field=field)
-    return np.unpackbits(payload, count=count).view(np.bool_).reshape(shape)
 
 
 # ---- the seed's binary response bodies ----------------------------------------------------------------

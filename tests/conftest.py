@@ -13,12 +13,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+import pycocotools.mask as coco_mask
 import pytest
 import redis
 
 from sam_core.decoder import OnnxDecoder
 from sam_core.models import LoadedModel, load_model, make_random_checkpoint
 from sam_core.settings import Settings
+
+# ---- reference decoders for the mask encodings we write -------------------------------------------------
+
+
+def rle_to_mask(rle: Mapping[str, Any]) -> np.ndarray:
+    """A COCO RLE (`{"size": [h, w], "counts": str}`) back to a (h, w) bool mask, by pycocotools."""
+    counts = rle["counts"]
+    decoded = coco_mask.decode(
+        {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+    )
+    return np.asarray(decoded, dtype=bool).reshape(tuple(rle["size"]))
+
+
+def png_to_mask(data: bytes) -> np.ndarray:
+    """A mask PNG back to a (h, w) bool mask (nonzero is inside), by OpenCV."""
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None and image.ndim == 2, "not a greyscale PNG"
+    return image > 0
+
 
 # ---- Redis ---------------------------------------------------------------------------------------------
 

@@ -31,10 +31,10 @@ from deployments.ingress import EmbedResult
 from sam_core.cache import round_to_storage
 from sam_core.encoder import ImageEncoder
 from sam_core.errors import InvalidInput
-from sam_core.masks import decode_png, decode_rle, npy_to_embedding, npz_to_segment, polygons_to_mask
+from sam_core.masks import npy_to_embedding, npz_to_segment, polygons_to_mask
 from sam_core.models import LoadedModel
 from sam_core.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest, SegmentResult
-from tests.conftest import APP_NAME, ServeApp
+from tests.conftest import APP_NAME, ServeApp, png_to_mask, rle_to_mask
 
 pytestmark = pytest.mark.slow
 
@@ -433,7 +433,7 @@ def test_multimask_output_gives_the_predictors_three_masks_and_scores(
     response = post(http, SEGMENT, body).json()
 
     expected, scores, _ = scene.predictor.predict(points, np.array([1]), multimask_output=True)
-    masks = [decode_rle(rle) for rle in response["masks"]]
+    masks = [rle_to_mask(rle) for rle in response["masks"]]
     assert len(masks) == len(response["low_res_masks"]) == 3
     np.testing.assert_allclose(response["scores"], scores, atol=1e-2)
     for served, reference in zip(masks, expected, strict=True):
@@ -465,7 +465,7 @@ def test_rle_and_png_formats_decode_to_the_binary_masks(
     masks, low_res = segment_binary(http, body)
 
     def decode(value: Any) -> np.ndarray:
-        return decode_rle(value) if fmt == "rle" else decode_png(base64.b64decode(value))
+        return rle_to_mask(value) if fmt == "rle" else png_to_mask(base64.b64decode(value))
 
     assert len(encoded["masks"]) == len(encoded["low_res_masks"]) == 1
     assert np.array_equal(decode(encoded["masks"][0]), masks[0])
@@ -749,7 +749,7 @@ def test_handle_segment_rle_decodes_to_the_binary_mask(
     binary = handle_segment(serve_app, SegmentImageRequest(**body, format="binary"))
 
     assert isinstance(rle.body, dict) and isinstance(binary.body, bytes)
-    assert np.array_equal(decode_rle(rle.body["masks"][0]), npz_to_segment(binary.body)[0][0])
+    assert np.array_equal(rle_to_mask(rle.body["masks"][0]), npz_to_segment(binary.body)[0][0])
 
 
 def test_handle_embed_takes_an_ndarray_image(serve_app: ServeApp) -> None:

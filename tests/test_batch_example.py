@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_core.masks import decode_rle
-from tests.conftest import APP_NAME, ServeApp
+from tests.conftest import APP_NAME, ServeApp, rle_to_mask
 
 pytestmark = pytest.mark.slow
 
@@ -102,13 +101,13 @@ def test_writes_one_annotation_per_valid_box_on_its_image(pipeline_run: Pipeline
 def test_annotation_rle_decodes_to_a_mask_of_its_image_size(pipeline_run: PipelineRun) -> None:
     sizes = {image["id"]: (image["height"], image["width"]) for image in pipeline_run.coco["images"]}
     for annotation in pipeline_run.coco["annotations"]:
-        mask = decode_rle(annotation["segmentation"])
+        mask = rle_to_mask(annotation["segmentation"])
         assert mask.shape == sizes[annotation["image_id"]]
 
 
 def test_annotation_area_bbox_and_score_agree_with_its_mask(pipeline_run: PipelineRun) -> None:
     for annotation in pipeline_run.coco["annotations"]:
-        mask = decode_rle(annotation["segmentation"])
+        mask = rle_to_mask(annotation["segmentation"])
         assert math.isfinite(annotation["score"])
         assert annotation["area"] == int(mask.sum())
         if mask.any():

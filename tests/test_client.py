@@ -27,9 +27,8 @@ from sam_core.client import (
     raise_for_error,
     segment_request_body,
 )
-from sam_core.masks import decode_png, decode_rle
 from sam_core.schemas import EmbedImageResponse, SegmentImageResponse
-from tests.conftest import ServeApp
+from tests.conftest import ServeApp, png_to_mask, rle_to_mask
 
 EMBEDDING_SHAPE = (1, 256, 64, 64)
 LOW_RES = (256, 256)
@@ -141,12 +140,12 @@ def test_segment_rle_and_png_decode_to_the_binary_masks(
     rle = client.segment_image(image_id=image_id, point_coords=click, format="rle")
     png = client.segment_image(image_id=image_id, point_coords=click, format="png")
 
-    from_rle = decode_rle(rle.masks[0])
-    from_png = decode_png(base64.b64decode(png.masks[0]))
+    from_rle = rle_to_mask(rle.masks[0])
+    from_png = png_to_mask(base64.b64decode(png.masks[0]))
     assert from_rle.shape == from_png.shape == image.shape[:2]
     np.testing.assert_array_equal(from_rle, arrays.masks[0])
     np.testing.assert_array_equal(from_png, arrays.masks[0])
-    np.testing.assert_array_equal(decode_rle(rle.low_res_masks[0]), arrays.low_res_masks[0] > 0)
+    np.testing.assert_array_equal(rle_to_mask(rle.low_res_masks[0]), arrays.low_res_masks[0] > 0)
 
 
 def test_segment_box_alone_returns_a_mask(client: SamClient, image: np.ndarray) -> None:

@@ -223,7 +223,18 @@ def test_settings_pass_the_speed_options_to_the_encoder(
 
     encoder = EncoderService.from_settings(settings).encoder
 
-    assert (encoder.fused_attention, encoder.channels_last, encoder.compile) == (True, False, False)
+    # Read off the network the encoder runs: fused attention on, channels-last off (the weights are the
+    # model's own tensors, not channels-last copies), not compiled.
+    from segment_anything.modeling.image_encoder import Attention
+
+    from sam_core.encoder import _sdpa_attention_forward
+
+    attention = [m for m in encoder.image_encoder.modules() if isinstance(m, Attention)]
+    assert attention and all(getattr(m.forward, "__func__", None) is _sdpa_attention_forward for m in attention)
+    shared = zip(encoder.image_encoder.parameters(), encoder.sam.image_encoder.parameters(), strict=True)
+    assert all(fast is own for fast, own in shared)
+    assert not encoder.channels_last
+    assert type(encoder.image_encoder).__name__ != "OptimizedModule"
 
 
 @pytest.mark.parametrize(

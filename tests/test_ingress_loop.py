@@ -91,7 +91,7 @@ def test_clicks_keep_their_speed_while_four_clients_upload_20_megapixel_photos(
     # The body is made once; each upload names a new image_id, so every upload is decoded and embedded.
     body_path = tmp_path / "upload.json"
     body_path.write_bytes(
-        orjson.dumps({"image": {"type": "base64", "value": base64.b64encode(photo).decode()}, "format": "binary"})
+        orjson.dumps({"image": {"type": "base64", "value": base64.b64encode(photo).decode()}, "format": "metadata"})
     )
 
     with httpx.Client(base_url=serve_app.url, timeout=120) as http:

@@ -7,7 +7,6 @@ import io
 import json
 import pickle
 import secrets
-import struct
 from collections.abc import Iterator
 
 import cv2
@@ -15,12 +14,13 @@ import numpy as np
 import pycocotools.mask as coco_mask
 import pytest
 import shapely.geometry
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sam_core import masks
 from sam_core.errors import InvalidInput
+from tests.conftest import png_to_mask, rle_to_mask
 
 ODD_SHAPES = [(1, 1), (3, 7), (7, 3), (1, 50), (37, 91), (256, 256)]
 
@@ -101,22 +101,10 @@ def test_polygon_is_the_largest_blob_by_area_not_by_vertex_count() -> None:
     assert sorted(map(tuple, polygon)) == sorted([(5, 5), (64, 5), (64, 64), (5, 64)])
 
 
-def test_mask_to_polygons_lists_every_blob_largest_first() -> None:
-    mask = np.zeros((50, 50), dtype=bool)
-    mask[2:6, 2:6] = True
-    mask[20:40, 20:40] = True
-    mask[10:18, 40:48] = True
-
-    polygons = masks.mask_to_polygons(mask)
-
-    areas = [shapely.geometry.Polygon(p).area for p in polygons]
-    assert len(polygons) == 3
-    assert areas == sorted(areas, reverse=True)
-
-
 def test_hole_free_mask_is_redrawn_exactly_from_its_polygons(rng: np.random.Generator) -> None:
     mask = random_ellipse_mask(rng) | random_ellipse_mask(rng)
-    filled = masks.polygons_to_mask(masks.mask_to_polygons(mask), mask.shape)
+    outlines, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = masks.polygons_to_mask([c.reshape(-1, 2).tolist() for c in outlines], mask.shape)
     # The union of two ellipses can enclose a hole; outlines describe the mask with holes filled.
     holes_filled = np.zeros(mask.shape, np.uint8)
     contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -393,10 +381,9 @@ def test_big_endian_and_fortran_order_npy_load_as_native_c_arrays(rng: np.random
 @pytest.mark.parametrize("shape", ODD_SHAPES, ids=str)
 def test_rle_round_trips(rng: np.random.Generator, shape: tuple[int, int]) -> None:
     for kind, mask in sample_masks(rng, shape).items():
-        np.testing.assert_array_equal(masks.decode_rle(masks.encode_rle(mask)), mask, err_msg=kind)
+        np.testing.assert_array_equal(rle_to_mask(masks.encode_rle(mask)), mask, err_msg=kind)
 
 
-@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside pycocotools
 def test_rle_is_json_ready_coco_rle(rng: np.random.Generator) -> None:
     mask = random_ellipse_mask(rng, (120, 80))
 
@@ -406,45 +393,10 @@ def test_rle_is_json_ready_coco_rle(rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(coco_mask.decode({**rle, "counts": rle["counts"].encode()}), mask)
 
 
-BAD_RLES = {
-    "not_a_dict": "52203",
-    "missing_counts": {"size": [4, 4]},
-    "size_not_pair": {"size": [4], "counts": "52203"},
-    "negative_size": {"size": [-4, 4], "counts": "52203"},
-    "bool_size": {"size": [True, 4], "counts": "52203"},
-    "counts_a_list": {"size": [4, 4], "counts": [5, 2, 2, 0, 3]},
-    "empty_counts": {"size": [4, 4], "counts": ""},
-    "short_counts": {"size": [4, 4], "counts": "5"},
-    "long_counts": {"size": [4, 4], "counts": "52203" + "9"},
-    "bad_characters": {"size": [4, 4], "counts": "52 03"},
-    "non_ascii": {"size": [4, 4], "counts": "52é03"},
-    "ends_inside_a_number": {"size": [4, 4], "counts": "5220`"},
-    "too_many_pixels": {"size": [100_000, 100_000], "counts": "0"},
-}
-
-
-@pytest.mark.parametrize("rle", BAD_RLES.values(), ids=BAD_RLES.keys())
-def test_malformed_rle_is_refused_naming_the_field(rle: object) -> None:
-    with pytest.raises(InvalidInput) as raised:
-        masks.decode_rle(rle, field="mask")
-
-    assert raised.value.field == "mask"
-
-
 @settings(max_examples=100, deadline=None)
 @given(hnp.arrays(np.bool_, hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=40)))
 def test_rle_round_trips_any_mask(mask: np.ndarray) -> None:
-    np.testing.assert_array_equal(masks.decode_rle(masks.encode_rle(mask)), mask)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(min_codepoint=40, max_codepoint=115), max_size=12), st.integers(0, 8))
-def test_decode_rle_raises_nothing_but_invalid_input_on_any_counts(counts: str, side: int) -> None:
-    try:
-        mask = masks.decode_rle({"size": [side, side], "counts": counts})
-    except InvalidInput:
-        return
-    assert mask.shape == (side, side) and mask.dtype == np.bool_
+    np.testing.assert_array_equal(rle_to_mask(masks.encode_rle(mask)), mask)
 
 
 # ---- PNG ----------------------------------------------------------------------------------------------
@@ -453,7 +405,7 @@ def test_decode_rle_raises_nothing_but_invalid_input_on_any_counts(counts: str, 
 @pytest.mark.parametrize("shape", ODD_SHAPES, ids=str)
 def test_png_round_trips(rng: np.random.Generator, shape: tuple[int, int]) -> None:
     for kind, mask in sample_masks(rng, shape).items():
-        np.testing.assert_array_equal(masks.decode_png(masks.encode_png(mask)), mask, err_msg=kind)
+        np.testing.assert_array_equal(png_to_mask(masks.encode_png(mask)), mask, err_msg=kind)
 
 
 def test_png_is_one_bit_greyscale(rng: np.random.Generator) -> None:
@@ -463,95 +415,10 @@ def test_png_is_one_bit_greyscale(rng: np.random.Generator) -> None:
     assert (bit_depth, colour_type) == (1, 0)
 
 
-def test_eight_bit_png_masks_decode_too(rng: np.random.Generator) -> None:
-    mask = random_ellipse_mask(rng, (40, 60))
-    png_8bit = cv2.imencode(".png", mask.astype(np.uint8) * 255)[1].tobytes()
-
-    np.testing.assert_array_equal(masks.decode_png(png_8bit), mask)
-
-
-@pytest.mark.parametrize("data", [b"", b"GIF89a" + bytes(40), b"\x89PNG\r\n\x1a\n" + bytes(40), "a string"])
-def test_data_that_is_not_a_png_is_refused(data: object) -> None:
-    with pytest.raises(InvalidInput) as raised:
-        masks.decode_png(data, field="mask")  # type: ignore[arg-type]
-
-    assert raised.value.field == "mask"
-
-
-def test_png_larger_than_max_pixels_is_refused_from_its_header() -> None:
-    png = masks.encode_png(np.zeros((100, 100), dtype=bool))
-
-    with pytest.raises(InvalidInput, match="at most 9999 pixels"):
-        masks.decode_png(png, max_pixels=9999)
-
-
 @settings(max_examples=60, deadline=None)
 @given(hnp.arrays(np.bool_, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40)))
 def test_png_round_trips_any_mask(mask: np.ndarray) -> None:
-    np.testing.assert_array_equal(masks.decode_png(masks.encode_png(mask)), mask)
-
-
-# ---- bit-packed arrays --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shape", ODD_SHAPES, ids=str)
-def test_packed_round_trips(rng: np.random.Generator, shape: tuple[int, int]) -> None:
-    for kind, mask in sample_masks(rng, shape).items():
-        decoded = masks.decode_packed(masks.encode_packed(mask))
-        assert decoded.dtype == np.bool_, kind
-        np.testing.assert_array_equal(decoded, mask, err_msg=kind)
-
-
-def test_packed_is_one_bit_a_pixel_plus_a_small_header() -> None:
-    packed = masks.encode_packed(np.ones((1500, 2250), dtype=bool))
-
-    assert packed.startswith(masks.PACKED_MAGIC)
-    assert len(packed) == 4 + 1 + 1 + 2 * 4 + 1500 * 2250 // 8
-
-
-def _packed(shape: tuple[int, ...], payload: bytes, *, magic: bytes = b"SAMM", version: int = 1) -> bytes:
-    return struct.pack("<4sBB", magic, version, len(shape)) + struct.pack(f"<{len(shape)}I", *shape) + payload
-
-
-BAD_PACKED = {
-    "empty": b"",
-    "short_header": b"SAMM\x01",
-    "bad_magic": _packed((2, 4), b"\x00", magic=b"NOPE"),
-    "future_version": _packed((2, 4), b"\x00", version=2),
-    "too_many_dims": struct.pack("<4sBB", b"SAMM", 1, 200),
-    "shape_cut_short": struct.pack("<4sBB", b"SAMM", 1, 2) + b"\x02\x00",
-    "payload_short": _packed((3, 7), b"\x00\x00"),
-    "payload_trailing": _packed((2, 4), b"\x00\x00"),
-    "dirty_padding": _packed((3, 3), b"\x00\x01"),
-    "claims_huge_shape": _packed((100_000, 100_000), b"\x00"),
-}
-
-
-@pytest.mark.parametrize("data", BAD_PACKED.values(), ids=BAD_PACKED.keys())
-def test_malformed_packed_mask_is_refused(data: bytes) -> None:
-    with pytest.raises(InvalidInput) as raised:
-        masks.decode_packed(data, field="mask")
-
-    assert raised.value.field == "mask"
-
-
-@settings(max_examples=100, deadline=None)
-@given(hnp.arrays(np.bool_, hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=12)))
-def test_packed_round_trips_any_bool_array(mask: np.ndarray) -> None:
-    decoded = masks.decode_packed(masks.encode_packed(mask))
-
-    assert decoded.shape == mask.shape
-    np.testing.assert_array_equal(decoded, mask)
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=40))
-def test_decode_packed_raises_nothing_but_invalid_input_on_any_bytes(data: bytes) -> None:
-    try:
-        decoded = masks.decode_packed(b"SAMM\x01" + data)
-    except InvalidInput:
-        return
-    assert decoded.dtype == np.bool_
+    np.testing.assert_array_equal(png_to_mask(masks.encode_png(mask)), mask)
 
 
 # ---- the seed's binary bodies -------------------------------------------------------------------------
