@@ -26,6 +26,7 @@ import shapely.geometry
 from PIL import Image
 
 from sam_core import masks as sam_masks
+from sam_core import npy as sam_npy
 from sam_core.cache import round_to_storage
 
 HEIGHT, WIDTH = 1500, 2250
@@ -117,7 +118,7 @@ def main() -> None:
     )
 
     seed_npz = npz(True, masks=logits[None], low_res_masks=low_res[None])
-    ours_npz = sam_masks.segment_to_npz(mask[None], low_res[None])
+    ours_npz = sam_npy.segment_to_npz(mask[None], low_res[None])
     plain_npz = npz(False, masks=mask[None], low_res_masks=low_res[None])
     ours_npz_z = npz(True, masks=mask[None], low_res_masks=low_res[None])
     rle = sam_masks.encode_rle(mask)
@@ -156,8 +157,8 @@ def main() -> None:
         ("PNG PIL 1-bit level 9", lambda: png_pil(mask, 9), None),
         (
             "npz bool deflate-1 + logits stored (ours)",
-            lambda: sam_masks.segment_to_npz(mask[None], low_res[None]),
-            lambda: sam_masks.npz_to_segment(ours_npz),
+            lambda: sam_npy.segment_to_npz(mask[None], low_res[None]),
+            lambda: sam_npy.npz_to_segment(ours_npz),
         ),
         (
             "npz bool + logits, np.savez",
@@ -173,7 +174,7 @@ def main() -> None:
     table(mask_rows, repeats, seed_label=mask_rows[0][0])
 
     embedding = (rng.standard_normal((1, 256, 64, 64)) * 0.1).astype(np.float32)
-    npy = sam_masks.embedding_to_npy(embedding)
+    npy = sam_npy.embedding_to_npy(embedding)
     json_body = json_size(embedding.tolist())
     npy_b64 = base64.b64encode(npy).decode()
     orjson_body = orjson.dumps(embedding, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -200,13 +201,13 @@ def main() -> None:
         ),
         (
             "embedding .npy float32 (seed binary, ours)",
-            lambda: sam_masks.embedding_to_npy(embedding),
-            lambda: sam_masks.npy_to_embedding(npy),
+            lambda: sam_npy.embedding_to_npy(embedding),
+            lambda: sam_npy.npy_to_embedding(npy),
         ),
         (
             "embedding .npy base64 (in a JSON body)",
-            lambda: base64.b64encode(sam_masks.embedding_to_npy(embedding)),
-            lambda: sam_masks.decode_npy_base64(npy_b64, field="embeddings", expected_shape=(1, 256, 64, 64)),
+            lambda: base64.b64encode(sam_npy.embedding_to_npy(embedding)),
+            lambda: sam_npy.decode_npy_base64(npy_b64, field="embeddings", expected_shape=(1, 256, 64, 64)),
         ),
         (
             "embedding fp16 raw bytes (cache value)",

@@ -653,6 +653,7 @@ def encodings(report: Report, repeats: int) -> None:
     from bench_masks import npz, sam_like_logits
 
     from sam_core import masks as sam_masks
+    from sam_core import npy as sam_npy
 
     print("[5] output encodings vs the seed's formats", flush=True)
     rng = np.random.default_rng(0)
@@ -664,7 +665,7 @@ def encodings(report: Report, repeats: int) -> None:
         ("polygon json", lambda: sam_masks.mask_to_polygon(mask)),
         ("COCO RLE json", lambda: sam_masks.encode_rle(mask)),
         ("PNG 1-bit", lambda: sam_masks.encode_png(mask)),
-        ("binary npz (bool masks + logits)", lambda: sam_masks.segment_to_npz(mask[None], low_res[None])),
+        ("binary npz (bool masks + logits)", lambda: sam_npy.segment_to_npz(mask[None], low_res[None])),
     ]
     for name, fn in ours:
         took, value = timed_ms(fn, repeats)
@@ -683,7 +684,7 @@ def encodings(report: Report, repeats: int) -> None:
         lambda: json.dumps(embedding.tolist(), separators=(",", ":")), max(1, repeats // 3)
     )
     seed_json_bytes = len(str(seed_json))
-    npy_ms, npy = timed_ms(lambda: sam_masks.embedding_to_npy(embedding), repeats)
+    npy_ms, npy = timed_ms(lambda: sam_npy.embedding_to_npy(embedding), repeats)
     report.add(
         Row(
             "embedding 1x256x64x64, .npy binary vs seed JSON list: bytes",

@@ -40,7 +40,8 @@ from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, Overloaded, SamServeError, UnknownModel
 from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE, preprocess_shape
 from sam_core.images import EncodedImage, check_image_size, encoder_input, read_image
-from sam_core.masks import decode_npy_base64, embedding_to_npy, mask_input_array, polygons_to_mask
+from sam_core.masks import mask_input_array, polygons_to_mask
+from sam_core.npy import decode_npy_base64, embedding_to_npy
 from sam_core.schemas import (
     EMBED_ROUTE,
     SEGMENT_ROUTE,

@@ -26,7 +26,7 @@ import numpy as np
 
 from sam_core.errors import InvalidInput
 from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
-from sam_core.masks import npy_to_embedding, npz_to_segment
+from sam_core.npy import npy_to_embedding, npz_to_segment
 from sam_core.schemas import (
     EMBED_ROUTE,
     SEGMENT_ROUTE,

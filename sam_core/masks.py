@@ -1,4 +1,4 @@
-"""Mask encodings in and out: polygons, COCO RLE, PNG and the seed's .npy/.npz bodies.
+"""Mask encodings: polygons (the seed's json), COCO RLE and PNG out, json `mask_input` polygons in.
 
 Two pixel frames meet here. Masks at **original-image pixels** ((H, W), what `masks` means in a response) and
 masks in SAM's **256x256 low-res frame** (`low_res_masks` and every `mask_input`). Encoders keep whatever
@@ -8,24 +8,14 @@ client sends is validated here and refused with `InvalidInput` naming the field;
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import math
-import zipfile
-import zlib
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
-import numpy.typing as npt
 import pycocotools.mask as coco_mask
 
 from sam_core.errors import InvalidInput
-from sam_core.frames import EMBEDDING_SHAPE, LOW_RES_SHAPE, MASK_INPUT_SHAPE
-
-FLOAT_DTYPES: tuple[type[np.floating], ...] = (np.float32, np.float16, np.float64)
-"""dtypes a client-sent .npy may carry unless the caller says otherwise."""
+from sam_core.frames import LOW_RES_SHAPE, MASK_INPUT_SHAPE
 
 MAX_POLYGON_POINTS = 10_000
 """Most vertices accepted in one json `mask_input`, all polygons together. In the 256x256 frame an outline
@@ -33,9 +23,6 @@ from `mask_to_polygon` has at most ~1,000 (CHAIN_APPROX_SIMPLE keeps only the en
 
 MAX_POLYGONS = 256
 """Most polygons (rings) accepted in one json `mask_input`."""
-
-MAX_NPY_BASE64_CHARS = 8 * 1024 * 1024
-"""Longest base64 string `decode_npy_base64` reads by default: a float32 (1,256,64,64) embedding is 5.6 M."""
 
 _PNG_PARAMS = [
     cv2.IMWRITE_PNG_BILEVEL, 1,
@@ -220,105 +207,6 @@ def mask_input_array(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.float32).reshape(MASK_INPUT_SHAPE)
 
 
-# ---- client-sent .npy (binary mask_input, client embeddings) ------------------------------------------
-
-
-def _dtype_allowed(dtype: np.dtype, dtypes: Sequence[npt.DTypeLike]) -> bool:
-    native = dtype.newbyteorder("=")
-    return any(native == np.dtype(allowed).newbyteorder("=") for allowed in dtypes)
-
-
-def decode_npy(
-    raw: bytes,
-    *,
-    field: str,
-    expected_shape: tuple[int, ...] | None,
-    dtypes: Sequence[npt.DTypeLike] = FLOAT_DTYPES,
-) -> np.ndarray:
-    """Load `np.save` bytes sent by a client, refusing anything but a plain numeric array.
-
-    The header is read and checked (magic, version, dtype, shape, exact data length) before `np.load`
-    allocates anything, so a tiny body cannot claim a huge array, and an object (pickled) array is refused
-    from its header: it is never unpickled. `np.load(allow_pickle=False)` then loads it.
-
-    Returns:
-        The array in native byte order and C order, its dtype one of `dtypes` (not converted).
-
-    Raises:
-        InvalidInput: not .npy, unsupported version, object/structured or not-allowed dtype, wrong shape,
-            truncated or trailing data, NaN or inf in a float array.
-    """
-    stream = io.BytesIO(raw)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, _fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, _fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise InvalidInput(f"unsupported .npy format version {version}", field=field)
-    except (ValueError, TypeError, SyntaxError, EOFError) as exc:
-        raise InvalidInput("not a .npy array (np.save bytes expected)", field=field) from exc
-    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise InvalidInput(f"dtype {dtype} refused: only plain numeric arrays are accepted", field=field)
-    if not _dtype_allowed(dtype, dtypes):
-        allowed = ", ".join(str(np.dtype(d)) for d in dtypes)
-        raise InvalidInput(f"dtype {dtype} refused; expected one of {allowed}", field=field)
-    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
-        raise InvalidInput(f"shape {tuple(shape)} refused; expected {tuple(expected_shape)}", field=field)
-    data_bytes = math.prod(shape) * dtype.itemsize
-    if len(raw) - stream.tell() != data_bytes:
-        raise InvalidInput(
-            f"array data is {len(raw) - stream.tell()} bytes; shape {tuple(shape)} of {dtype} needs {data_bytes}",
-            field=field,
-        )
-    stream.seek(0)
-    try:
-        array = np.load(stream, allow_pickle=False)
-    except ValueError as exc:  # defensive: the header checks above should have caught it
-        raise InvalidInput(f"unreadable .npy: {exc}", field=field) from exc
-    array = array.astype(dtype.newbyteorder("="), order="C", copy=False)
-    if array.dtype.kind in "fc" and not np.isfinite(array).all():
-        raise InvalidInput("array contains NaN or inf", field=field)
-    return array
-
-
-def decode_npy_base64(
-    value: str | bytes,
-    *,
-    field: str,
-    expected_shape: tuple[int, ...] | None,
-    dtypes: Sequence[npt.DTypeLike] = FLOAT_DTYPES,
-    max_bytes: int = MAX_NPY_BASE64_CHARS,
-) -> np.ndarray:
-    """Decode base64 of `np.save` bytes: the seed's binary `mask_input` ((1, 1, 256, 256), low-res frame)
-    and client-supplied binary embeddings ((1, 256, 64, 64)).
-
-    Args:
-        value: the base64 text as sent (line breaks tolerated).
-        field: the request field named in errors.
-        expected_shape: the exact shape required, or None for any.
-        dtypes: accepted dtypes (either byte order); floats by default.
-        max_bytes: longest `value` accepted, checked before decoding.
-
-    Raises:
-        InvalidInput: too long, not base64, or anything `decode_npy` refuses.
-    """
-    if not isinstance(value, (str, bytes)):
-        raise InvalidInput(f"expected a base64 string, got {type(value).__name__}", field=field)
-    if len(value) > max_bytes:
-        raise InvalidInput(f"{len(value)} characters; at most {max_bytes} are accepted", field=field)
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        try:  # base64 wrapped at 76 columns (base64.encodebytes, MIME) is still base64
-            compact = value.split() if isinstance(value, bytes) else value.encode("ascii").split()
-            raw = base64.b64decode(b"".join(compact), validate=True)
-        except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
-            raise InvalidInput("not valid base64", field=field) from exc
-    return decode_npy(raw, field=field, expected_shape=expected_shape, dtypes=dtypes)
-
-
 # ---- COCO RLE -----------------------------------------------------------------------------------------
 
 
@@ -349,78 +237,3 @@ def encode_png(mask: np.ndarray) -> bytes:
     ok, encoded = cv2.imencode(".png", mask_u8, _PNG_PARAMS)
     assert ok, "cv2.imencode failed on a plain uint8 image"
     return encoded.tobytes()
-
-
-# ---- the seed's binary response bodies ----------------------------------------------------------------
-
-
-def embedding_to_npy(embedding: np.ndarray) -> bytes:
-    """The seed's binary `embed_image` body: `np.save` of the float32 (1, 256, 64, 64) embedding."""
-    assert embedding.shape == EMBEDDING_SHAPE, f"embedding shape {embedding.shape}, expected {EMBEDDING_SHAPE}"
-    stream = io.BytesIO()
-    np.save(stream, np.ascontiguousarray(embedding, dtype=np.float32))
-    return stream.getvalue()
-
-
-def npy_to_embedding(data: bytes, *, field: str = "embeddings") -> np.ndarray:
-    """A binary `embed_image` body (or a client's binary embedding) back to float32 (1, 256, 64, 64)."""
-    array = decode_npy(data, field=field, expected_shape=EMBEDDING_SHAPE, dtypes=FLOAT_DTYPES)
-    return array.astype(np.float32, copy=False)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    stream = io.BytesIO()
-    np.lib.format.write_array(stream, array, allow_pickle=False)
-    return stream.getvalue()
-
-
-def segment_to_npz(masks: np.ndarray, low_res_masks: np.ndarray) -> bytes:
-    """The seed's binary `segment_image` body: an .npz with arrays `masks` and `low_res_masks`.
-
-    Args:
-        masks: (N, H, W) masks at original-image pixels, bool (or float logits, thresholded at 0 here). Stored
-            as **bool**: the seed stored float32 logits; `np.load(body)["masks"]` still works and `> 0` on it
-            still gives the mask.
-        low_res_masks: (N, 256, 256) float32 logits in the low-res frame, kept as logits because clients
-            send them back as binary `mask_input`.
-
-    The container is what `np.savez` writes (a zip of .npy members), but each member gets the compression
-    that pays: the bool mask is deflated at zlib level 1 (3.4 MB -> ~30 kB for 1500x2250 in ~3 ms), the
-    logits are stored (deflate saves ~10 % of their 262 kB for ~6 ms). Measured by `bench/bench_masks.py`:
-    0.29 MB in ~3.6 ms, against the seed's 12.3 MB in ~395 ms, `np.savez` of bool 3.6 MB in ~0.8 ms and
-    `np.savez_compressed` 0.25 MB in ~17 ms.
-    """
-    assert masks.ndim == 3, f"masks must be (N, H, W), got {masks.shape}"
-    assert low_res_masks.shape == (masks.shape[0], *LOW_RES_SHAPE), (
-        f"low_res_masks must be (N, 256, 256), got {low_res_masks.shape}"
-    )
-    masks_bool = masks > 0 if np.issubdtype(masks.dtype, np.floating) else _as_bool_mask(masks)
-    stream = io.BytesIO()
-    with zipfile.ZipFile(stream, "w") as archive:
-        archive.writestr("masks.npy", _npy_bytes(masks_bool), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
-        archive.writestr(
-            "low_res_masks.npy",
-            _npy_bytes(np.asarray(low_res_masks, dtype=np.float32)),
-            compress_type=zipfile.ZIP_STORED,
-        )
-    return stream.getvalue()
-
-
-def npz_to_segment(data: bytes, *, field: str = "masks") -> tuple[np.ndarray, np.ndarray]:
-    """A binary `segment_image` body back to (masks bool (N, H, W), low_res_masks float32 (N, 256, 256)).
-
-    Reads ours and the seed's bodies (whose `masks` are float logits: thresholded at 0). For responses from
-    a server the client chose to trust: np.load of an archive is not hardened like `decode_npy`.
-    """
-    if not isinstance(data, bytes) or not data.startswith(b"PK"):
-        raise InvalidInput("not a segment .npz (not a zip archive)", field=field)
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            if set(archive.files) != {"masks", "low_res_masks"}:
-                raise InvalidInput(f"expected arrays masks and low_res_masks, got {archive.files}", field=field)
-            masks, low_res_masks = archive["masks"], archive["low_res_masks"]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise InvalidInput(f"not a segment .npz: {exc}", field=field) from exc
-    if masks.dtype != np.bool_:
-        masks = masks > 0
-    return masks, low_res_masks.astype(np.float32, copy=False)

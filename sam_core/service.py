@@ -26,8 +26,9 @@ from sam_core.encoder import DEFAULT_MAX_BATCH_SIZE, ImageEncoder
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput
 from sam_core.frames import MASK_INPUT_SHAPE
 from sam_core.images import check_image_size
-from sam_core.masks import encode_png, encode_rle, mask_to_polygon, segment_to_npz
+from sam_core.masks import encode_png, encode_rle, mask_to_polygon
 from sam_core.models import LoadedModel, ModelIdentity, load_model
+from sam_core.npy import segment_to_npz
 from sam_core.prompts import build_prompt
 from sam_core.schemas import SegmentJob, SegmentResult
 from sam_core.settings import ImageLimits, Settings

@@ -31,8 +31,9 @@ from deployments.ingress import EmbedResult
 from sam_core.cache import round_to_storage
 from sam_core.encoder import ImageEncoder
 from sam_core.errors import InvalidInput
-from sam_core.masks import npy_to_embedding, npz_to_segment, polygons_to_mask
+from sam_core.masks import polygons_to_mask
 from sam_core.models import LoadedModel
+from sam_core.npy import npy_to_embedding, npz_to_segment
 from sam_core.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest, SegmentResult
 from tests.conftest import APP_NAME, ServeApp, png_to_mask, rle_to_mask
 

@@ -385,3 +385,14 @@ def test_request_bodies_send_arrays_as_binary_npy_and_set_has_mask_input() -> No
     assert sent.shape == (1, 1, *LOW_RES)
     np.testing.assert_array_equal(sent[0, 0], low_res)
     assert cached["has_mask_input"] is True and "mask_input" not in cached
+
+
+def test_the_client_imports_no_model_or_cluster_library() -> None:
+    """`import sam_core.client` in a fresh interpreter loads no torch, Ray, ONNX Runtime or OpenCV."""
+    import subprocess
+    import sys
+
+    heavy = ["torch", "ray", "onnxruntime", "cv2", "pycocotools", "segment_anything", "redis"]
+    probe = f"import sys, sam_core.client; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sam_core import masks
+from sam_core import npy as sam_npy
 from sam_core.errors import InvalidInput
 from tests.conftest import png_to_mask, rle_to_mask
 
@@ -249,7 +250,7 @@ def test_mask_input_array_is_sams_float32_zero_one_input() -> None:
 def test_binary_mask_input_round_trips(rng: np.random.Generator) -> None:
     logits = rng.standard_normal((1, 1, 256, 256)).astype(np.float32)
 
-    decoded = masks.decode_npy_base64(npy_base64(logits), field="mask_input", expected_shape=(1, 1, 256, 256))
+    decoded = sam_npy.decode_npy_base64(npy_base64(logits), field="mask_input", expected_shape=(1, 1, 256, 256))
 
     np.testing.assert_array_equal(decoded, logits)
 
@@ -272,7 +273,7 @@ def test_pickled_npy_is_refused_without_unpickling() -> None:
     payload = npy_base64(np.array([UnpickleTrap()], dtype=object), allow_pickle=True)
 
     with pytest.raises(InvalidInput) as raised:
-        masks.decode_npy_base64(payload, field="mask_input", expected_shape=None)
+        sam_npy.decode_npy_base64(payload, field="mask_input", expected_shape=None)
 
     assert raised.value.field == "mask_input"
     assert not UnpickleTrap.sprung
@@ -285,7 +286,7 @@ def test_bare_pickle_is_refused_without_unpickling() -> None:
     payload = base64.b64encode(pickle.dumps(UnpickleTrap())).decode()
 
     with pytest.raises(InvalidInput):
-        masks.decode_npy_base64(payload, field="embeddings", expected_shape=None)
+        sam_npy.decode_npy_base64(payload, field="embeddings", expected_shape=None)
 
     assert not UnpickleTrap.sprung
 
@@ -294,7 +295,7 @@ def test_wrong_shape_npy_is_refused() -> None:
     payload = npy_base64(np.zeros((1, 256, 256), dtype=np.float32))
 
     with pytest.raises(InvalidInput, match=r"shape \(1, 256, 256\)") as raised:
-        masks.decode_npy_base64(payload, field="mask_input", expected_shape=(1, 1, 256, 256))
+        sam_npy.decode_npy_base64(payload, field="mask_input", expected_shape=(1, 1, 256, 256))
 
     assert raised.value.field == "mask_input"
 
@@ -303,7 +304,7 @@ def test_npy_of_a_dtype_not_allowed_is_refused() -> None:
     payload = npy_base64(np.zeros((1, 1, 256, 256), dtype=np.int64))
 
     with pytest.raises(InvalidInput, match="dtype"):
-        masks.decode_npy_base64(payload, field="mask_input", expected_shape=(1, 1, 256, 256))
+        sam_npy.decode_npy_base64(payload, field="mask_input", expected_shape=(1, 1, 256, 256))
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
@@ -312,7 +313,7 @@ def test_npy_with_non_finite_values_is_refused(bad_value: float) -> None:
     array[0, 0, 3, 4] = bad_value
 
     with pytest.raises(InvalidInput, match="NaN or inf"):
-        masks.decode_npy_base64(npy_base64(array), field="mask_input", expected_shape=None)
+        sam_npy.decode_npy_base64(npy_base64(array), field="mask_input", expected_shape=None)
 
 
 def test_npy_whose_header_claims_more_data_than_sent_is_refused_before_allocating() -> None:
@@ -322,14 +323,14 @@ def test_npy_whose_header_claims_more_data_than_sent_is_refused_before_allocatin
     )  # 4 TB claimed, no data sent
 
     with pytest.raises(InvalidInput, match="needs"):
-        masks.decode_npy_base64(base64.b64encode(stream.getvalue()), field="embeddings", expected_shape=None)
+        sam_npy.decode_npy_base64(base64.b64encode(stream.getvalue()), field="embeddings", expected_shape=None)
 
 
 def test_truncated_npy_is_refused() -> None:
     raw = base64.b64decode(npy_base64(np.zeros((1, 1, 256, 256), np.float32)))
 
     with pytest.raises(InvalidInput):
-        masks.decode_npy_base64(base64.b64encode(raw[:-10]), field="mask_input", expected_shape=None)
+        sam_npy.decode_npy_base64(base64.b64encode(raw[:-10]), field="mask_input", expected_shape=None)
 
 
 def test_npz_sent_as_npy_is_refused() -> None:
@@ -337,18 +338,18 @@ def test_npz_sent_as_npy_is_refused() -> None:
     np.savez(stream, mask_input=np.zeros((1, 1, 256, 256), np.float32))
 
     with pytest.raises(InvalidInput, match=r"\.npy"):
-        masks.decode_npy_base64(base64.b64encode(stream.getvalue()), field="mask_input", expected_shape=None)
+        sam_npy.decode_npy_base64(base64.b64encode(stream.getvalue()), field="mask_input", expected_shape=None)
 
 
 def test_npy_base64_longer_than_max_bytes_is_refused_before_decoding() -> None:
     with pytest.raises(InvalidInput, match="at most 100"):
-        masks.decode_npy_base64("A" * 101, field="embeddings", expected_shape=None, max_bytes=100)
+        sam_npy.decode_npy_base64("A" * 101, field="embeddings", expected_shape=None, max_bytes=100)
 
 
 @pytest.mark.parametrize("value", ["not base64!", "QUJD=", 12345, None])
 def test_value_that_is_not_base64_text_is_refused(value: object) -> None:
     with pytest.raises(InvalidInput) as raised:
-        masks.decode_npy_base64(value, field="mask_input", expected_shape=None)  # type: ignore[arg-type]
+        sam_npy.decode_npy_base64(value, field="mask_input", expected_shape=None)  # type: ignore[arg-type]
 
     assert raised.value.field == "mask_input"
 
@@ -358,7 +359,7 @@ def test_base64_wrapped_in_lines_is_accepted(rng: np.random.Generator) -> None:
     stream = io.BytesIO()
     np.save(stream, logits)
 
-    decoded = masks.decode_npy_base64(
+    decoded = sam_npy.decode_npy_base64(
         base64.encodebytes(stream.getvalue()).decode(), field="mask_input", expected_shape=(1, 1, 256, 256)
     )
 
@@ -369,7 +370,7 @@ def test_big_endian_and_fortran_order_npy_load_as_native_c_arrays(rng: np.random
     logits = rng.standard_normal((1, 1, 256, 256))
     sent = np.asfortranarray(logits.astype(">f4"))
 
-    decoded = masks.decode_npy_base64(npy_base64(sent), field="mask_input", expected_shape=(1, 1, 256, 256))
+    decoded = sam_npy.decode_npy_base64(npy_base64(sent), field="mask_input", expected_shape=(1, 1, 256, 256))
 
     assert decoded.dtype == np.dtype("=f4") and decoded.flags.c_contiguous
     np.testing.assert_array_equal(decoded, logits.astype(np.float32))
@@ -427,19 +428,19 @@ def test_png_round_trips_any_mask(mask: np.ndarray) -> None:
 def test_embedding_npy_is_the_seeds_float32_np_save(rng: np.random.Generator) -> None:
     embedding = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
 
-    body = masks.embedding_to_npy(embedding)
+    body = sam_npy.embedding_to_npy(embedding)
 
     loaded = np.load(io.BytesIO(body), allow_pickle=False)
     assert loaded.dtype == np.float32
     np.testing.assert_array_equal(loaded, embedding)
-    np.testing.assert_array_equal(masks.npy_to_embedding(body), embedding)
+    np.testing.assert_array_equal(sam_npy.npy_to_embedding(body), embedding)
 
 
 def test_segment_npz_holds_bool_masks_and_float32_low_res_logits(rng: np.random.Generator) -> None:
     mask = rng.random((1, 37, 91)) < 0.5
     low_res = rng.standard_normal((1, 256, 256)).astype(np.float32)
 
-    body = masks.segment_to_npz(mask, low_res)
+    body = sam_npy.segment_to_npz(mask, low_res)
 
     with np.load(io.BytesIO(body), allow_pickle=False) as archive:
         assert sorted(archive.files) == ["low_res_masks", "masks"]
@@ -453,7 +454,7 @@ def test_segment_npz_thresholds_float_logits_at_zero(rng: np.random.Generator) -
     logits = rng.standard_normal((1, 20, 30)).astype(np.float32)
     low_res = rng.standard_normal((1, 256, 256)).astype(np.float32)
 
-    decoded_masks, _ = masks.npz_to_segment(masks.segment_to_npz(logits, low_res))
+    decoded_masks, _ = sam_npy.npz_to_segment(sam_npy.segment_to_npz(logits, low_res))
 
     np.testing.assert_array_equal(decoded_masks, logits > 0)
 
@@ -462,7 +463,7 @@ def test_segment_npz_thresholds_float_logits_at_zero(rng: np.random.Generator) -
 def test_segment_npz_round_trips(rng: np.random.Generator, shape: tuple[int, int]) -> None:
     low_res = rng.standard_normal((1, 256, 256)).astype(np.float32)
     for kind, mask in sample_masks(rng, shape).items():
-        decoded_masks, decoded_low_res = masks.npz_to_segment(masks.segment_to_npz(mask[None], low_res))
+        decoded_masks, decoded_low_res = sam_npy.npz_to_segment(sam_npy.segment_to_npz(mask[None], low_res))
         np.testing.assert_array_equal(decoded_masks, mask[None], err_msg=kind)
         np.testing.assert_array_equal(decoded_low_res, low_res, err_msg=kind)
 
@@ -473,7 +474,7 @@ def test_npz_to_segment_reads_the_seeds_float_logit_bodies(rng: np.random.Genera
     stream = io.BytesIO()
     np.savez_compressed(stream, masks=logits, low_res_masks=low_res)
 
-    decoded_masks, decoded_low_res = masks.npz_to_segment(stream.getvalue())
+    decoded_masks, decoded_low_res = sam_npy.npz_to_segment(stream.getvalue())
 
     np.testing.assert_array_equal(decoded_masks, logits > 0)
     np.testing.assert_array_equal(decoded_low_res, low_res)
@@ -482,4 +483,4 @@ def test_npz_to_segment_reads_the_seeds_float_logit_bodies(rng: np.random.Genera
 @pytest.mark.parametrize("body", [b"", b"not a zip", npy_base64(np.zeros(3)).encode()])
 def test_body_that_is_not_a_segment_npz_is_refused(body: bytes) -> None:
     with pytest.raises(InvalidInput):
-        masks.npz_to_segment(body)
+        sam_npy.npz_to_segment(body)

@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from sam_core.cache import round_to_storage
-from sam_core.masks import MAX_POLYGON_POINTS, MAX_POLYGONS, npy_to_embedding, npz_to_segment
+from sam_core.masks import MAX_POLYGON_POINTS, MAX_POLYGONS
 from sam_core.models import LoadedModel
+from sam_core.npy import npy_to_embedding, npz_to_segment
 from tests.conftest import ServeApp
 from tests.test_api import (
     EMBED,
