@@ -77,9 +77,8 @@ def mask_to_polygon(mask: np.ndarray) -> list[list[int]]:
         exactly). Largest by `cv2.contourArea`. An empty mask gives `[]`; a single pixel gives one vertex and
         a one-pixel-wide line two. Holes are not described (external contour only), as in the seed.
 
-    Measured by `bench/bench_masks.py` (1500x2250 SAM-like mask, 2-core dev machine): OpenCV findContours
-    is ~50x faster than `rasterio.features.shapes` + shapely area (0.7 ms vs 33 ms, json included), and
-    its polygon is half the bytes (15 kB vs 29 kB), so OpenCV it is.
+    OpenCV over rasterio + shapely (the seed's): faster and half the bytes (`bench/bench_masks.py`; figures in
+    the README).
     """
     contours = _external_contours(mask)
     if not contours:
@@ -228,9 +227,8 @@ def encode_png(mask: np.ndarray) -> bytes:
     """A (H, W) mask (any frame) as a 1-bit greyscale PNG, via OpenCV (`IMWRITE_PNG_BILEVEL`).
 
     zlib's run-length strategy with the PNG "up" filter suits masks: rows mostly repeat the row above, so
-    the filter leaves runs of zeros that Z_RLE codes without searching. Measured by `bench/bench_masks.py`
-    on a 1500x2250 SAM-like mask: ~2 ms for ~8 kB, against PIL mode "1" at ~5 ms / 9.5 kB (level 6) or
-    ~20 ms / 7.5 kB (level 9), and OpenCV 8-bit at ~17 ms / 28 kB (level 1).
+    the filter leaves runs of zeros that Z_RLE codes without searching; faster and smaller than PIL's mode
+    "1" or OpenCV's 8-bit PNGs at any level (`bench/bench_masks.py` compares them).
     """
     mask_u8 = _as_bool_mask(mask, ndim=2).view(np.uint8) * np.uint8(255)
     assert mask_u8.size > 0, "PNG cannot hold an empty (zero-size) image"

@@ -159,10 +159,9 @@ def segment_to_npz(masks: np.ndarray, low_res_masks: np.ndarray) -> bytes:
             send them back as binary `mask_input`.
 
     The container is what `np.savez` writes (a zip of .npy members), but each member gets the compression
-    that pays: the bool mask is deflated at zlib level 1 (3.4 MB -> ~30 kB for 1500x2250 in ~3 ms), the
-    logits are stored (deflate saves ~10 % of their 262 kB for ~6 ms). Measured by `bench/bench_masks.py`:
-    0.29 MB in ~3.6 ms, against the seed's 12.3 MB in ~395 ms, `np.savez` of bool 3.6 MB in ~0.8 ms and
-    `np.savez_compressed` 0.25 MB in ~17 ms.
+    that pays: the bool mask is deflated at zlib level 1 (it shrinks ~100x), the logits are stored (deflate
+    would save ~10 % of them at twice the time). `bench/bench_masks.py` compares it with the seed's body,
+    `np.savez` and `np.savez_compressed`; the README has the figures.
     """
     assert masks.ndim == 3, f"masks must be (N, H, W), got {masks.shape}"
     assert low_res_masks.shape == (masks.shape[0], *LOW_RES_SHAPE), (
