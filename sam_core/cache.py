@@ -77,7 +77,12 @@ def round_to_storage(array: np.ndarray) -> np.ndarray:
     copy, a client's) decodes these values, so the same request gets the same answer whichever path served it.
     Idempotent: values already rounded come back unchanged.
     """
-    return np.clip(array, -_FP16_MAX, _FP16_MAX).astype(_STORED_DTYPE).astype(np.float32)
+    return _stored(array).astype(np.float32)
+
+
+def _stored(array: np.ndarray) -> np.ndarray:
+    """`array` as the cache stores it: float16, clipped first (a float32 beyond +-65504 would become inf)."""
+    return np.ascontiguousarray(np.clip(array, -_FP16_MAX, _FP16_MAX), dtype=_STORED_DTYPE)
 
 
 def _encode(kind: str, array: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]) -> bytes:
@@ -97,9 +102,7 @@ def _encode(kind: str, array: np.ndarray, original_size: tuple[int, int], input_
         )
     except struct.error as exc:
         raise ValueError(f"{kind}: sizes do not fit the header ({exc})") from exc
-    # Clip before the cast: a float32 beyond +-65504 would otherwise become inf in float16.
-    clipped = np.clip(array, -_FP16_MAX, _FP16_MAX)
-    return header + np.ascontiguousarray(clipped, dtype=_STORED_DTYPE).tobytes()
+    return header + _stored(array).tobytes()
 
 
 def _decode(kind: str, payload: bytes) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:

@@ -41,7 +41,6 @@ __all__ = [
     "decode_base64_image",
     "decode_image",
     "decode_image_bytes",
-    "decode_numpy_array",
     "decode_numpy_payload",
     "encoder_input",
     "fetch_image_url",
@@ -295,18 +294,10 @@ def _npy_pixels(raw: bytes, limits: ImageLimits, field: str) -> np.ndarray:
     return _array_to_rgb(array)
 
 
-def decode_numpy_array(array: np.ndarray, limits: ImageLimits, *, field: str = "image.value") -> LoadedImage:
-    """An in-process uint8 array (a DeploymentHandle call, no JSON): the rules of `decode_numpy_payload`.
-
-    Its content hash is that of `np.save` of the C-ordered array, so it matches the same array sent as a
-    base64 .npy payload over HTTP.
-    """
-    encoded = _read_array(array, limits, field)
-    assert encoded.array is not None, "an in-process array stays one"
-    return LoadedImage(pixels=_array_to_rgb(encoded.array), content_sha256=encoded.content_sha256, format=NPY_FORMAT)
-
-
 def _read_array(array: np.ndarray, limits: ImageLimits, field: str) -> EncodedImage:
+    """An in-process uint8 array (a DeploymentHandle call, no JSON), checked by the rules of
+    `decode_numpy_payload`; hashed as `np.save` of the C-ordered array, so it matches the same array sent
+    as a base64 .npy payload over HTTP."""
     if array.dtype != np.uint8:
         raise InvalidInput(f"the array's dtype is {array.dtype}; send uint8", field=field)
     _check_array_shape(array.shape, limits, field)

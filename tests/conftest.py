@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import shutil
 import socket
@@ -18,6 +19,7 @@ import numpy as np
 import pycocotools.mask as coco_mask
 import pytest
 import redis
+from PIL import Image
 
 from sam_core.decoder import OnnxDecoder
 from sam_core.models import LoadedModel, load_model, make_random_checkpoint
@@ -40,6 +42,19 @@ def png_to_mask(data: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     assert image is not None and image.ndim == 2, "not a greyscale PNG"
     return image > 0
+
+
+def photo_jpeg(rng: np.random.Generator, size: tuple[int, int], quality: int = 92) -> bytes:
+    """A photo-like JPEG of `size` (height, width): smooth colour fields with fine grain, so it compresses
+    as camera pictures do (a few bits per pixel), not as flat colour or pure noise."""
+    height, width = size
+    coarse = rng.integers(0, 256, size=(max(2, height // 64), max(2, width // 64), 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+    grain = rng.integers(-12, 13, size=(height, width, 1), dtype=np.int16)
+    pixels = np.clip(smooth + grain, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 # ---- Redis ---------------------------------------------------------------------------------------------

@@ -23,9 +23,8 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.conftest import ServeApp
+from tests.conftest import ServeApp, photo_jpeg
 from tests.test_api import image_payload
-from tests.test_seed_compat import photo_jpeg
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,6 @@ path an embedding can take, mask-only prompts, hashing before decoding, and the 
 from __future__ import annotations
 
 import base64
-import io
 import re
 import subprocess
 from collections.abc import Iterator
@@ -17,13 +16,12 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from PIL import Image
 
 from sam_core.cache import round_to_storage
 from sam_core.masks import MAX_POLYGON_POINTS, MAX_POLYGONS
 from sam_core.models import LoadedModel
 from sam_core.npy import npy_to_embedding, npz_to_segment
-from tests.conftest import ServeApp
+from tests.conftest import ServeApp, photo_jpeg
 from tests.test_api import (
     EMBED,
     IMAGE_SHAPE,
@@ -46,19 +44,6 @@ from tests.test_api import (
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def photo_jpeg(rng: np.random.Generator, size: tuple[int, int], quality: int = 92) -> bytes:
-    """A photo-like JPEG of `size` (height, width): smooth colour fields with fine grain, so it compresses
-    as camera pictures do (a few bits per pixel), not as flat colour or pure noise."""
-    height, width = size
-    coarse = rng.integers(0, 256, size=(max(2, height // 64), max(2, width // 64), 3), dtype=np.uint8)
-    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
-    grain = rng.integers(-12, 13, size=(height, width, 1), dtype=np.int16)
-    pixels = np.clip(smooth + grain, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
