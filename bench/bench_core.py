@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sam_core.decoder import OnnxDecoder
-from sam_core.encoder import ImageEncoder
-from sam_core.models import load_model, make_random_checkpoint
-from sam_core.prompts import build_prompt
+from sam_core.model.build import load_model, make_random_checkpoint
+from sam_core.model.decoder import OnnxDecoder
+from sam_core.model.encoder import ImageEncoder
+from sam_core.model.prompts import build_prompt
 
 HEIGHT, WIDTH = 1500, 2250
 

@@ -31,8 +31,8 @@ import torch
 from segment_anything import SamPredictor
 
 from sam_core.embedding import ImageEmbedding
-from sam_core.encoder import ImageEncoder
-from sam_core.models import load_model, make_random_checkpoint
+from sam_core.model.build import load_model, make_random_checkpoint
+from sam_core.model.encoder import ImageEncoder
 
 HEIGHT, WIDTH = 1500, 2250
 POINTS_PER_IMAGE = 4

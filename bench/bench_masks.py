@@ -25,9 +25,9 @@ import rasterio.features
 import shapely.geometry
 from PIL import Image
 
-from sam_core import masks as sam_masks
-from sam_core import npy as sam_npy
-from sam_core.cache import round_to_storage
+from sam_core.embedding import round_to_storage
+from sam_core.wire import masks as sam_masks
+from sam_core.wire import npy as sam_npy
 
 HEIGHT, WIDTH = 1500, 2250
 

@@ -27,10 +27,7 @@ import base64
 import io
 import json
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,8 +45,12 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from sam_cli.local_redis import LocalRedis, free_port
+from sam_core.errors import ConfigurationError
+from sam_core.wire.schemas import SEGMENT_ROUTE
+
 HEIGHT, WIDTH = 1500, 2250
-SEGMENT = "/sam/segment_image"
+SEGMENT = SEGMENT_ROUTE
 CLICK = [[1050.0, 750.0]]
 
 
@@ -97,12 +98,6 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def sample_image(variant: int = 0) -> np.ndarray:
     """A 1500x2250 RGB image of flat shapes; `variant` moves one shape so every variant hashes differently.
 
@@ -140,32 +135,16 @@ def median(values: list[float]) -> float:
 
 @contextmanager
 def redis_server(workdir: Path) -> Iterator[str]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise SystemExit("redis-server not found on PATH (scripts/bootstrap.sh installs it)")
-    port = free_port()
-    process = subprocess.Popen(
-        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    """The project's own local redis-server launcher, on a free port, for the length of the run."""
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        server = LocalRedis(workdir=workdir)
+    except ConfigurationError as exc:
+        raise SystemExit(exc.reason) from None
+    server.start()
+    try:
+        yield server.url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.close()
 
 
 class Bench:
@@ -179,7 +158,7 @@ class Bench:
         self.checkpoints: dict[str, Path] = {}
 
     def checkpoint(self, model_type: str) -> Path:
-        from sam_core.models import make_random_checkpoint
+        from sam_core.model.build import make_random_checkpoint
 
         if model_type not in self.checkpoints:
             self.checkpoints[model_type], _ = make_random_checkpoint(
@@ -218,7 +197,7 @@ class Bench:
         serve.run(app, name="sam", route_prefix="/")
 
     def load(self, model_type: str) -> Any:
-        from sam_core.models import load_model
+        from sam_core.model.build import load_model
 
         return load_model(model_type, checkpoint=self.checkpoint(model_type), cache_dir=self.work / "cache")
 
@@ -269,9 +248,9 @@ def follow_up_latency(bench: Bench, report: Report, clicks: int, threads: int) -
 
 def measure_follow_ups(bench: Bench, clicks: int, threads: int, **settings: Any) -> FollowUps:
     """Follow-up clicks over HTTP alternated with bare calls (ONNX Runtime's defaults, same threads)."""
-    from sam_core.decoder import OnnxDecoder
-    from sam_core.encoder import ImageEncoder
-    from sam_core.prompts import build_prompt
+    from sam_core.model.decoder import OnnxDecoder
+    from sam_core.model.encoder import ImageEncoder
+    from sam_core.model.prompts import build_prompt
 
     bench.deploy("vit_tiny", decoders=1, decoder_threads=threads, **settings)
     pixels = sample_image()
@@ -334,7 +313,7 @@ def sam_like_polygon_seconds(repeats: int = 20) -> float:
     """Median time of the json encoding (both polygons) of a SAM-like 1500x2250 mask (bench_masks' model)."""
     from bench_masks import sam_like_logits
 
-    from sam_core.decoder import DecoderOutput
+    from sam_core.model.decoder import DecoderOutput
     from sam_core.service import encode_output
 
     low_res, logits = sam_like_logits(np.random.default_rng(0))
@@ -352,9 +331,9 @@ def sam_like_polygon_seconds(repeats: int = 20) -> float:
 
 def bare_throughput(bench: Bench, seconds: float) -> tuple[float, str]:
     """The bare decoder's best decodes/s here: one 2-thread session, or two 1-thread sessions in parallel."""
-    from sam_core.decoder import OnnxDecoder
-    from sam_core.encoder import ImageEncoder
-    from sam_core.prompts import build_prompt
+    from sam_core.model.decoder import OnnxDecoder
+    from sam_core.model.encoder import ImageEncoder
+    from sam_core.model.prompts import build_prompt
 
     model = bench.load("vit_tiny")
     embedding = ImageEncoder(model.sam).embed(sample_image())
@@ -533,9 +512,9 @@ def cold_request(bench: Bench, report: Report, model_type: str, repeats: int) ->
 
 def decoder_options(bench: Bench, report: Report, clicks: int) -> None:
     """int8 vs fp32 (time, mask IoU), single-mask vs multimask model, 2 threads vs 1: bare calls, alternated."""
-    from sam_core.decoder import OnnxDecoder
-    from sam_core.encoder import ImageEncoder
-    from sam_core.prompts import build_prompt
+    from sam_core.model.decoder import OnnxDecoder
+    from sam_core.model.encoder import ImageEncoder
+    from sam_core.model.prompts import build_prompt
 
     print(f"[d] decoder options: {clicks} clicks each, alternated", flush=True)
     model = bench.load("vit_tiny")
@@ -652,8 +631,8 @@ def encodings(report: Report, repeats: int) -> None:
     from bench_masks import median_ms as timed_ms
     from bench_masks import npz, sam_like_logits
 
-    from sam_core import masks as sam_masks
-    from sam_core import npy as sam_npy
+    from sam_core.wire import masks as sam_masks
+    from sam_core.wire import npy as sam_npy
 
     print("[5] output encodings vs the seed's formats", flush=True)
     rng = np.random.default_rng(0)
@@ -730,9 +709,9 @@ def encoder_runs(bench: Bench, report: Report, clicks: int) -> None:
     from ray import serve
 
     from sam_core.cache import KINDS, MemoryEmbeddingCache, cache_key
-    from sam_core.encoder import ImageEncoder
-    from sam_core.schemas import SegmentJob
+    from sam_core.model.encoder import ImageEncoder
     from sam_core.service import DecoderService, EncoderService
+    from sam_core.wire.schemas import SegmentJob
 
     print(f"[7] encoder runs per {clicks}-click session, 2 decoder replicas vs 2 per-process-cache workers", flush=True)
     bench.deploy("vit_tiny", decoders=2, decoder_threads=1)

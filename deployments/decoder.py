@@ -10,9 +10,9 @@ import ray
 from ray import serve
 
 from deployments import metrics
-from sam_core.schemas import SegmentJob, SegmentResult
 from sam_core.service import DecoderService
 from sam_core.settings import Settings
+from sam_core.wire.schemas import SegmentJob, SegmentResult
 
 log = logging.getLogger("ray.serve")
 

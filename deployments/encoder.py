@@ -14,7 +14,7 @@ from ray import serve
 from deployments import metrics
 from sam_core.cache import KIND_EMBEDDING
 from sam_core.embedding import EncoderInput, ImageEmbedding
-from sam_core.encoder import DEFAULT_MAX_BATCH_SIZE
+from sam_core.model.encoder import DEFAULT_MAX_BATCH_SIZE
 from sam_core.service import EncoderService
 from sam_core.settings import Settings
 

@@ -7,132 +7,43 @@ The same `embed` and `segment` methods serve HTTP routes and `DeploymentHandle` 
 so handle callers skip the JSON round trip but get the same validation and errors.
 """
 
-import asyncio
-import contextlib
-import functools
-import json
 import logging
-import os
-import threading
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import metrics
+from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
 from deployments.limits import BearerAuth, BodySizeLimit
-from sam_core.cache import round_to_storage
+from deployments.off_loop import OffLoopJSONRoute, off_loop
 from sam_core.embedding import EncoderInput, ImageEmbedding
-from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, Overloaded, SamServeError, UnknownModel
-from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE, preprocess_shape
-from sam_core.images import EncodedImage, check_image_size, encoder_input, read_image
-from sam_core.masks import mask_input_array, polygons_to_mask
-from sam_core.npy import decode_npy_base64, embedding_to_npy
-from sam_core.schemas import (
+from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, Overloaded, UnknownModel
+from sam_core.service import cache_from_settings
+from sam_core.settings import Settings
+from sam_core.wire.images import EncodedImage, encoder_input, read_image
+from sam_core.wire.jobs import client_embedding, explicit_mask_input, segment_job
+from sam_core.wire.npy import embedding_to_npy
+from sam_core.wire.schemas import (
     EMBED_ROUTE,
     SEGMENT_ROUTE,
     EmbedImageRequest,
     EmbedImageResponse,
-    ErrorResponse,
-    ImagePayload,
     SegmentImageRequest,
     SegmentImageResponse,
     SegmentJob,
     SegmentResult,
 )
-from sam_core.service import cache_from_settings
-from sam_core.settings import Settings
 
 log = logging.getLogger("ray.serve")
-
-T = TypeVar("T")
-
-PARSE_WORKERS = 2
-"""Threads for parsing and writing large bodies: JSON over `INLINE_JSON_BYTES`, .npy and JSON-list embeddings,
-mask inputs, the json embedding answer (12.5 MB of text)."""
-
-IMAGE_WORKERS = 1
-"""Threads for client images: base64, hashing, URL fetches, pixel decoding and the resize to the encoder's
-input frame (a 20 MP JPEG is ~0.2 s of CPU). One thread, scheduled as idle work (SCHED_IDLE): a burst of
-uploads queues here instead of taking the cores that follow-up clicks on cached images need, and never
-holds the event loop."""
-
-INLINE_JSON_BYTES = 256 * 1024
-"""Bodies up to this size (every click) are parsed on the loop: well under a millisecond, and no wait for a
-worker busy with someone's upload."""
-
-_pools: dict[str, ThreadPoolExecutor] = {}
-
-
-def _lower_thread_priority() -> None:
-    """Run this thread under SCHED_IDLE: it gets a core only when the process's other threads (and the
-    decoder replicas beside it) leave one free. Linux schedules threads one by one; elsewhere a no-op."""
-    with contextlib.suppress(AttributeError, OSError):  # no SCHED_IDLE here: plain priority then
-        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-
-
-def _pool(name: str) -> ThreadPoolExecutor:
-    if name not in _pools:
-        if name == "image":
-            _pools[name] = ThreadPoolExecutor(IMAGE_WORKERS, "sam-ingress-image", initializer=_lower_thread_priority)
-        else:
-            _pools[name] = ThreadPoolExecutor(PARSE_WORKERS, "sam-ingress-parse")
-    return _pools[name]
-
-
-async def off_loop(function: Callable[..., T], *args: Any, pool: str = "parse", **kwargs: Any) -> T:
-    """Run `function(*args, **kwargs)` in one of the ingress's bounded pools ("parse" or "image")."""
-    call = functools.partial(function, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(_pool(pool), call)
-
-
-class _OffLoopJSONRequest(Request):
-    """A request whose JSON body is parsed (by orjson) in the worker pool rather than on the event loop.
-
-    A seed client's JSON-list embedding is a 21 MB body; parsed on the loop it would stall every other
-    request of the replica for a quarter of a second.
-    """
-
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            body = await self.body()
-            self._json = _parse_json(body) if len(body) <= INLINE_JSON_BYTES else await off_loop(_parse_json, body)
-        return self._json
-
-
-def _parse_json(body: bytes) -> Any:
-    """orjson, which is strict JSON; what it refuses goes to the standard library, which also reads the NaN and
-    Infinity that Python's `json.dumps` writes, so the request model can refuse those naming their field."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return json.loads(body)
-
-
-class _OffLoopJSONRoute(APIRoute):
-    """FastAPI's documented hook for a custom Request class: every API route parses its body off the loop."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def parse_off_loop(request: Request) -> Response:
-            return await handler(_OffLoopJSONRequest(request.scope, request.receive))
-
-        return parse_off_loop
 
 
 # FastAPIOffline: FastAPI with Swagger UI's and ReDoc's assets served from the installed package, so /docs
@@ -142,27 +53,10 @@ api = FastAPIOffline(
     description="Segment Anything on Ray Serve: cached image embeddings, prompts answered by any decoder replica.",
     version="0.1.0",
 )
-api.router.route_class = _OffLoopJSONRoute
+api.router.route_class = OffLoopJSONRoute
+install_error_handlers(api)
 
 CONTENT_HASH_PREFIX = "sha256:"
-# The error statuses the API routes answer, documented in OpenAPI with the one error body they all use.
-_ERROR_STATUSES = {
-    400: "malformed JSON, base64 or image",
-    401: "missing or wrong bearer token (when auth is on)",
-    403: "image source refused (file paths; URLs when disabled or not public)",
-    404: "image_id not cached (send the image), or unknown sam_version_id",
-    413: "body, image bytes or pixels over the limits",
-    415: "image format not accepted",
-    422: "a field has the wrong type or value",
-    500: "internal error (logged on the server)",
-    503: "cache unavailable for an id-only request, a replica failed, or at capacity: retry",
-}
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description} for status, description in _ERROR_STATUSES.items()
-}
-_FIELD_NAMES = frozenset(
-    name for model in (EmbedImageRequest, SegmentImageRequest, ImagePayload) for name in model.model_fields
-)
 
 
 @dataclass
@@ -174,62 +68,6 @@ class EmbedResult:
     embedding: np.ndarray
     """The float32 (1, 256, 64, 64) embedding, as the cache holds it."""
     npy: bytes | None = None
-
-
-def _route(request: Request) -> str:
-    """The matched route's template (a fixed set, fit for a metric tag), or "unmatched"."""
-    return str(getattr(request.scope.get("route"), "path", "unmatched"))
-
-
-def _error_response(request: Request, status: int, error: str, field: str | None, reason: str) -> JSONResponse:
-    metrics.error_response(error, _route(request))
-    return JSONResponse(status_code=status, content={"error": error, "field": field, "reason": reason})
-
-
-@api.exception_handler(SamServeError)
-async def _sam_error(request: Request, exc: SamServeError) -> JSONResponse:
-    # Ray re-raises a replica's exception as a subclass of it; report the original class name.
-    name = next((c.__name__ for c in type(exc).__mro__ if c.__module__ == "sam_core.errors"), "SamServeError")
-    return _error_response(request, exc.http_status, name, exc.field, exc.reason)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    if first.get("type") == "json_invalid":
-        return _error_response(request, 400, "InvalidJSON", None, f"request body is not valid JSON: {first.get('msg')}")
-    # pydantic appends union-member tags ("int", "float", ...) to a location; a field path has only names
-    # and list indices.
-    reason = str(first.get("msg", "invalid value"))
-    if first.get("type") == "extra_forbidden":
-        field = ".".join(location) or None
-        reason = "unknown field (check its spelling)"
-    else:
-        field = ".".join(part for part in location if part.isdigit() or part in _FIELD_NAMES) or None
-    return _error_response(request, 422, "InvalidInput", field, reason)
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error_response(request, exc.status_code, "HTTPError", None, str(exc.detail))
-
-
-@api.exception_handler(RayActorError)
-async def _replica_died(request: Request, exc: Exception) -> JSONResponse:
-    return _error_response(request, 503, "ReplicaUnavailable", None, "a model replica failed during the request: retry")
-
-
-# Serve's own words for the same event (a replica gone before or while it was chosen; a deployment with none).
-api.add_exception_handler(ReplicaUnavailableError, _replica_died)
-api.add_exception_handler(DeploymentUnavailableError, _replica_died)
-
-
-@api.exception_handler(Exception)
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Counted and answered with the API's error body, never a traceback; Starlette still re-raises, so Ray
-    # Serve logs the traceback and counts the 500.
-    return _error_response(request, 500, "InternalError", None, "internal error (logged on the server)")
 
 
 api.add_middleware(BodySizeLimit)
@@ -324,65 +162,15 @@ class SamIngress:
         metrics.request_served(EMBED_ROUTE, request.format, source, time.perf_counter() - started)
         return EmbedResult(response=response, embedding=embedding.embedding, npy=npy)
 
-    def _client_embedding(self, request: SegmentImageRequest) -> ImageEmbedding:
-        """A client's embedding and `orig_im_size`, checked (CPU-heavy for a JSON list: call off the loop).
-
-        Rounded to the cache's storage precision as every embedding is, so the embeddings a client got from
-        the embed route (already rounded) decode exactly as the image's cached entry does.
-        """
-        if request.orig_im_size is None:
-            raise InvalidInput("required with embeddings: [height, width] of the original image", field="orig_im_size")
-        original_size = (int(request.orig_im_size[0]), int(request.orig_im_size[1]))
-        # The decoder upsamples its masks to this size: an unchecked one could ask for any output size.
-        check_image_size(original_size, self.settings.images, field="orig_im_size")
-        if request.embeddings_format == "binary":
-            if not isinstance(request.embeddings, str):
-                raise InvalidInput("binary embeddings are a base64 .npy string", field="embeddings")
-            array = decode_npy_base64(request.embeddings, field="embeddings", expected_shape=EMBEDDING_SHAPE)
-        else:
-            try:
-                array = np.asarray(request.embeddings, dtype=np.float32)
-            except (ValueError, TypeError) as exc:
-                raise InvalidInput(f"not a numeric array: {exc}", field="embeddings") from exc
-            if array.shape != EMBEDDING_SHAPE:
-                raise InvalidInput(f"must have shape {EMBEDDING_SHAPE}, got {array.shape}", field="embeddings")
-            if not np.isfinite(array).all():
-                raise InvalidInput("has non-finite values", field="embeddings")
-        return ImageEmbedding(
-            embedding=round_to_storage(array),
-            original_size=original_size,
-            input_size=preprocess_shape(original_size),
-        )
-
-    @staticmethod
-    def _mask_input(request: SegmentImageRequest) -> np.ndarray | None:
-        """The request's explicit mask input as (1, 1, 256, 256) float32, or None (call off the loop)."""
-        if not request.has_mask_input or request.mask_input is None:
-            return None
-        if request.mask_input_format == "binary":
-            if not isinstance(request.mask_input, str):
-                raise InvalidInput("binary mask_input is a base64 .npy string", field="mask_input")
-            array = decode_npy_base64(request.mask_input, field="mask_input", expected_shape=MASK_INPUT_SHAPE)
-            return np.ascontiguousarray(array, dtype=np.float32)
-        return mask_input_array(polygons_to_mask(request.mask_input, field="mask_input"))
-
     async def segment(self, request: SegmentImageRequest) -> SegmentResult:
         """Masks for the request's prompt; the body is JSON-ready (json/rle/png) or npz bytes (binary)."""
         started = time.perf_counter()
         self._check_version(request.sam_version_id)
-        job = SegmentJob(
-            cache_key=request.image_id,
-            point_coords=[[float(c) for c in pair] for pair in request.point_coords],
-            point_labels=[float(label) for label in request.point_labels],
-            box=None if request.box is None else [float(c) for c in request.box],
-            has_mask_input=request.has_mask_input,
-            mask_input=await off_loop(self._mask_input, request) if request.mask_input is not None else None,
-            use_mask_input_cache=request.use_mask_input_cache,
-            multimask_output=request.multimask_output,
-            format=request.format,
-        )
+        job = segment_job(request)
+        if request.mask_input is not None:
+            job.mask_input = await off_loop(explicit_mask_input, request)
         if request.embeddings is not None:
-            job.embedding = await off_loop(self._client_embedding, request)
+            job.embedding = await off_loop(client_embedding, request, self.settings.images)
             return self._finish(await self._decode(job), job, started, source="client")
 
         encoded: EncodedImage | None = None

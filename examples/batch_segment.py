@@ -36,7 +36,7 @@ import numpy as np
 import pycocotools.mask as coco_mask
 
 from sam_core.errors import CacheMiss, SamServeError
-from sam_core.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest
+from sam_core.wire.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest
 
 DEFAULT_CATEGORY = "object"
 """Category of prompts given without a `label`/`category`."""

@@ -1,9 +1,9 @@
 """A Python client for the sam-serve HTTP API, synchronous (`SamClient`) and asyncio (`AsyncSamClient`).
 
-Request bodies are built from the same pydantic models the server validates (sam_core.schemas), so a request
-the schema refuses fails here, before it is sent. Both clients keep one httpx connection pool alive across
-calls (a new connection costs ~20-30 ms, about half a decoder call) and should be closed, or used as context
-managers.
+Request bodies are built from the same pydantic models the server validates (`sam_core.wire.calls`), so a
+request the schema refuses fails here, before it is sent. Both clients keep one httpx connection pool alive
+across calls (a new connection costs ~20-30 ms, about half a decoder call) and should be closed, or used as
+context managers.
 
     with SamClient("http://127.0.0.1:8000") as sam:
         sam.embed_image("photo.jpg", image_id="photo-1")
@@ -13,39 +13,41 @@ managers.
 
 from __future__ import annotations
 
+__all__ = [
+    "AsyncSamClient",
+    "ImageLike",
+    "SamClient",
+    "SamClientError",
+    "SegmentArrays",
+    "raise_for_error",
+    "segment_request_body",
+]
+
 import asyncio
-import base64
-import io
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
+from typing import Any, Literal, overload
 
 import httpx
 import numpy as np
 
-from sam_core.errors import InvalidInput
-from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
-from sam_core.npy import npy_to_embedding, npz_to_segment
-from sam_core.schemas import (
+from sam_core.wire.calls import (
+    ImageLike,
+    JsonFormat,
+    SamClientError,
+    SegmentArrays,
+    embed_request_body,
+    json_object,
+    parse_embed_response,
+    parse_readiness,
+    parse_segment_response,
+    raise_for_error,
+    segment_request_body,
+)
+from sam_core.wire.schemas import (
     EMBED_ROUTE,
     SEGMENT_ROUTE,
-    EmbedImageRequest,
     EmbedImageResponse,
-    ImagePayload,
-    SegmentImageRequest,
     SegmentImageResponse,
 )
-
-if TYPE_CHECKING:
-    from PIL.Image import Image as PILImage
-
-ImageLike: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | PILImage | np.ndarray"
-"""An image for the API: a file path (or an http(s) URL, fetched by the server when it allows URLs), the
-encoded file's bytes (PNG, JPEG, ...), a PIL image, or an (H, W, 3) RGB / (H, W) grey uint8 array. PIL images
-and arrays are sent as lossless PNG."""
-
-JsonFormat: TypeAlias = Literal["json", "rle", "png"]
 
 DEFAULT_TIMEOUT_S = 300.0
 """Generous on purpose: the first request for an image runs the encoder (seconds to tens of seconds on CPU)."""
@@ -53,238 +55,10 @@ DEFAULT_TIMEOUT_S = 300.0
 USER_AGENT = "sam-serve-client/0.1.0"
 
 
-class SamClientError(Exception):
-    """The server answered with a non-2xx status (or an unreadable body).
-
-    Attributes:
-        status: the HTTP status code.
-        error: the server's error name (e.g. "InvalidInput", "CacheMiss"), or the HTTP reason phrase without
-            spaces (e.g. "NotFound") when the body is not one of sam-serve's error bodies.
-        field: the request field at fault (e.g. "image_id", "point_coords"), when the server names one.
-        reason: why, in words.
-    """
-
-    def __init__(self, status: int, error: str, field: str | None, reason: str) -> None:
-        where = f" [{field}]" if field else ""
-        super().__init__(f"HTTP {status} {error}{where}: {reason}")
-        self.status = status
-        self.error = error
-        self.field = field
-        self.reason = reason
-
-
-@dataclass
-class SegmentArrays:
-    """A binary `segment_image` answer, decoded.
-
-    Attributes:
-        masks: bool (M, H, W) masks at original-image pixels (M = 1, or 3 with multimask_output).
-        low_res_masks: float32 (M, 256, 256) logits in SAM's low-res frame; `low_res_masks[i]` is a valid
-            `mask_input` for the next click.
-    """
-
-    masks: np.ndarray
-    low_res_masks: np.ndarray
-
-
 # ---- request bodies (shared by both clients) -----------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    """Numpy arrays and scalars (at any depth of lists/tuples) as plain Python lists and numbers."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
-
-
-def _npy_base64(array: np.ndarray) -> str:
-    stream = io.BytesIO()
-    np.lib.format.write_array(stream, np.ascontiguousarray(array), allow_pickle=False)
-    return base64.b64encode(stream.getvalue()).decode("ascii")
-
-
-def _png_bytes(image: PILImage) -> bytes:
-    # Modes PNG cannot hold (CMYK, YCbCr, F, ...) go to RGB; compress_level=1 trades ~10 % size for ~3x speed.
-    if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
-        image = image.convert("RGB")
-    stream = io.BytesIO()
-    image.save(stream, format="PNG", compress_level=1)
-    return stream.getvalue()
-
-
-def image_payload(image: ImageLike) -> ImagePayload:
-    """The request's `image` field for any ImageLike (see `ImageLike`); arrays and PIL images become PNG.
-
-    Raises:
-        ValueError: an array that is not (H, W, 3) or (H, W) uint8.
-        TypeError: anything else that is not an image.
-        OSError: a path that cannot be read.
-    """
-    from PIL import Image
-
-    if isinstance(image, str) and image.startswith(("http://", "https://")):
-        return ImagePayload(type="url", value=image)
-    if isinstance(image, str | os.PathLike):
-        data = Path(image).read_bytes()
-    elif isinstance(image, bytes | bytearray | memoryview):
-        data = bytes(image)
-    elif isinstance(image, Image.Image):
-        data = _png_bytes(image)
-    elif isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-            raise ValueError(f"an image array must be (H, W, 3) RGB or (H, W) uint8, got {image.shape} {image.dtype}")
-        data = _png_bytes(Image.fromarray(np.ascontiguousarray(image)))
-    else:
-        raise TypeError(f"not an image: {type(image).__name__} (use a path, bytes, a PIL image or a uint8 array)")
-    return ImagePayload(type="base64", value=base64.b64encode(data).decode("ascii"))
-
-
-def embed_request_body(image: ImageLike | None, *, image_id: str | None, format: str) -> dict[str, Any]:
-    """The JSON body of POST /sam/embed_image, validated by `EmbedImageRequest`."""
-    request = EmbedImageRequest(
-        image=None if image is None else image_payload(image),
-        image_id=image_id,
-        format=format,  # the Literal is checked by the model
-    )
-    return request.model_dump(mode="json", exclude_none=True)
-
-
-def _mask_input_array(mask_input: np.ndarray) -> np.ndarray:
-    array = np.asarray(mask_input, dtype=np.float32)
-    if array.size != int(np.prod(MASK_INPUT_SHAPE)) or array.shape[-2:] != MASK_INPUT_SHAPE[-2:]:
-        raise ValueError(f"mask_input must be one 256x256 low-res mask {MASK_INPUT_SHAPE}, got {array.shape}")
-    return array.reshape(MASK_INPUT_SHAPE)
-
-
-def segment_request_body(
-    *,
-    image: ImageLike | None,
-    image_id: str | None,
-    point_coords: Any,
-    point_labels: Any,
-    box: Any,
-    multimask_output: bool,
-    mask_input: Any,
-    use_mask_input_cache: bool,
-    has_mask_input: bool | None,
-    embeddings: Any,
-    orig_im_size: Any,
-    format: str,
-) -> dict[str, Any]:
-    """The JSON body of POST /sam/segment_image, validated by `SegmentImageRequest` (see `segment_image`)."""
-    fields: dict[str, Any] = {
-        "image": None if image is None else image_payload(image),
-        "image_id": image_id,
-        "box": _plain(box),
-        "multimask_output": multimask_output,
-        "use_mask_input_cache": use_mask_input_cache,
-        "has_mask_input": mask_input is not None if has_mask_input is None else has_mask_input,
-        "format": format,
-    }
-    if point_coords is not None:
-        coords = _plain(point_coords)
-        fields["point_coords"] = coords
-        fields["point_labels"] = [1] * len(coords) if point_labels is None else _plain(point_labels)
-    elif box is not None:
-        # A box alone: no (0, 0)/-1 padding row, so SAM sees just the two corners (as SamPredictor does).
-        fields["point_coords"], fields["point_labels"] = [], []
-    elif point_labels is not None:
-        fields["point_labels"] = _plain(point_labels)
-    if isinstance(mask_input, np.ndarray):
-        fields["mask_input"], fields["mask_input_format"] = _npy_base64(_mask_input_array(mask_input)), "binary"
-    elif mask_input is not None:
-        fields["mask_input"], fields["mask_input_format"] = _plain(mask_input), "json"
-    if isinstance(embeddings, np.ndarray):
-        array = np.asarray(embeddings, dtype=np.float32)
-        if array.size == int(np.prod(EMBEDDING_SHAPE)):
-            array = array.reshape(EMBEDDING_SHAPE)
-        fields["embeddings"], fields["embeddings_format"] = _npy_base64(array), "binary"
-    elif embeddings is not None:
-        fields["embeddings"], fields["embeddings_format"] = _plain(embeddings), "json"
-    if orig_im_size is not None:
-        fields["orig_im_size"] = _plain(orig_im_size)
-    request = SegmentImageRequest(**{name: value for name, value in fields.items() if value is not None})
-    return request.model_dump(mode="json", exclude_none=True)
-
-
 # ---- responses (shared by both clients) ----------------------------------------------------------------
-
-
-def _reason_phrase(status: int) -> str:
-    return httpx.codes.get_reason_phrase(status).replace(" ", "") or "HTTPError"
-
-
-def raise_for_error(response: httpx.Response) -> None:
-    """SamClientError for a non-2xx answer, from sam-serve's `{"error", "field", "reason"}` body when it is one."""
-    if response.is_success:
-        return
-    error, field, reason = _reason_phrase(response.status_code), None, response.text[:1000] or "(empty body)"
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        if isinstance(body.get("error"), str):
-            error = body["error"]
-            field = body.get("field") if isinstance(body.get("field"), str) else None
-            reason = str(body.get("reason", reason))
-        elif "detail" in body:  # FastAPI's own errors (unknown route, wrong method)
-            reason = str(body["detail"])
-    raise SamClientError(response.status_code, error, field, reason)
-
-
-def _invalid_response(response: httpx.Response, exc: Exception) -> SamClientError:
-    return SamClientError(response.status_code, "InvalidResponse", None, f"unreadable answer from the server: {exc}")
-
-
-def parse_embed_response(response: httpx.Response, format: str) -> EmbedImageResponse | np.ndarray:
-    """An embed answer: the response model (json, metadata) or the float32 (1, 256, 64, 64) embedding (binary)."""
-    raise_for_error(response)
-    try:
-        if format == "binary":
-            return npy_to_embedding(response.content, field="response")
-        return EmbedImageResponse.model_validate(response.json())
-    except (InvalidInput, ValueError) as exc:
-        raise _invalid_response(response, exc) from exc
-
-
-def parse_segment_response(response: httpx.Response, format: str) -> SegmentImageResponse | SegmentArrays:
-    """A segment answer: the json/rle/png model, or the decoded arrays (binary)."""
-    raise_for_error(response)
-    try:
-        if format == "binary":
-            masks, low_res_masks = npz_to_segment(response.content, field="response")
-            return SegmentArrays(masks=masks, low_res_masks=low_res_masks)
-        return SegmentImageResponse.model_validate(response.json())
-    except (InvalidInput, ValueError) as exc:
-        raise _invalid_response(response, exc) from exc
-
-
-def parse_readiness(response: httpx.Response) -> dict[str, Any]:
-    """GET /readyz: its body, also when it is a 503 "not ready" (readiness is an answer, not an error)."""
-    if response.status_code == 503:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict) and "ready" in body:
-            return body
-    return _json_object(response)
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    raise_for_error(response)
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise _invalid_response(response, exc) from exc
-    if not isinstance(body, dict):
-        raise _invalid_response(response, TypeError(f"expected a JSON object, got {type(body).__name__}"))
-    return body
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -439,7 +213,7 @@ class SamClient:
 
     def healthz(self) -> dict[str, Any]:
         """GET /healthz: `{"status": "ok"}` while the ingress answers."""
-        return _json_object(self._http.get("/healthz"))
+        return json_object(self._http.get("/healthz"))
 
     def readyz(self) -> dict[str, Any]:
         """GET /readyz: `{"ready": bool, "model_id", "cache", ...}`; a 503 "not ready" is returned, not raised."""
@@ -558,7 +332,7 @@ class AsyncSamClient:
 
     async def healthz(self) -> dict[str, Any]:
         """See `SamClient.healthz`."""
-        return _json_object(await self._http.get("/healthz"))
+        return json_object(await self._http.get("/healthz"))
 
     async def readyz(self) -> dict[str, Any]:
         """See `SamClient.readyz`."""

@@ -1,8 +1,11 @@
-"""The values the encoder takes and produces: an image in its input frame, and one image's embedding."""
+"""The values the encoder takes and produces (an image in its input frame, one image's embedding) and the
+precision every embedding is held at, whichever path it takes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 
@@ -30,7 +33,7 @@ class ImageEmbedding:
 
 @dataclass(frozen=True)
 class EncoderInput:
-    """An image ready for the encoder, resized where it was decoded (`sam_core.images.encoder_input`).
+    """An image ready for the encoder, resized where it was decoded (`sam_core.wire.images.encoder_input`).
 
     Attributes:
         pixels: (h, w, 3) uint8 RGB in the 1024 input frame: the original image resized so its longest side is
@@ -41,3 +44,25 @@ class EncoderInput:
 
     pixels: np.ndarray
     original_size: tuple[int, int]
+
+
+STORED_DTYPE: Final = np.dtype("<f2")
+"""How the cache stores embeddings and logits: float16, explicit little-endian (the bytes mean the same on
+every host)."""
+
+_FP16_MAX: Final = float(np.finfo(np.float16).max)  # 65504
+
+
+def to_storage(array: np.ndarray) -> np.ndarray:
+    """`array` as the cache stores it: float16, clipped first (a float32 beyond +-65504 would become inf)."""
+    return np.ascontiguousarray(np.clip(array, -_FP16_MAX, _FP16_MAX), dtype=STORED_DTYPE)
+
+
+def round_to_storage(array: np.ndarray) -> np.ndarray:
+    """The float32 values the cache gives back for `array`: clipped to +-65504 and rounded through float16.
+
+    Every path that hands an embedding to a decoder (fresh from the encoder, from the cache, a replica's local
+    copy, a client's) decodes these values, so the same request gets the same answer whichever path served it.
+    Idempotent: values already rounded come back unchanged.
+    """
+    return to_storage(array).astype(np.float32)

@@ -102,3 +102,9 @@ class ConfigurationError(SamServeError):
     """Settings that cannot work (unknown device, bad Redis URL, ...), reported at start-up."""
 
     http_status = 500
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as it reads inside an error's reason: `TypeName: message` (or the type name alone)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -7,7 +7,6 @@ hold no Ray code and the deployments hold no model math.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import logging
 import time
@@ -18,20 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sam_core.cache import EmbeddingCache, LocalEmbeddingCopies, image_id_hash, make_cache, round_to_storage
-from sam_core.checkpoints import resolve_checkpoint
-from sam_core.decoder import DecoderOutput, OnnxDecoder, decoder_filename
-from sam_core.embedding import EncoderInput, ImageEmbedding
-from sam_core.encoder import DEFAULT_MAX_BATCH_SIZE, ImageEncoder
+from sam_core.cache import EmbeddingCache, LocallyCopiedCache, image_id_hash, make_cache
+from sam_core.embedding import EncoderInput, ImageEmbedding, round_to_storage
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput
 from sam_core.frames import MASK_INPUT_SHAPE
-from sam_core.images import check_image_size
-from sam_core.masks import encode_png, encode_rle, mask_to_polygon
-from sam_core.models import LoadedModel, ModelIdentity, load_model
-from sam_core.npy import segment_to_npz
-from sam_core.prompts import build_prompt
-from sam_core.schemas import SegmentJob, SegmentResult
+from sam_core.model.build import LoadedModel, ModelIdentity, load_model
+from sam_core.model.checkpoints import resolve_checkpoint
+from sam_core.model.decoder import DecoderOutput, OnnxDecoder, decoder_filename
+from sam_core.model.encoder import DEFAULT_MAX_BATCH_SIZE, ImageEncoder
+from sam_core.model.prompts import build_prompt
 from sam_core.settings import ImageLimits, Settings
+from sam_core.wire.image_checks import check_image_size
+from sam_core.wire.responses import encode_masks
+from sam_core.wire.schemas import SegmentJob, SegmentResult
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -157,33 +155,6 @@ def open_decoder(settings: Settings, *, threads: int) -> tuple[OnnxDecoder, Mode
     return configured_decoder(sam, identity, settings, threads=threads), identity
 
 
-def encode_output(output: DecoderOutput, fmt: str) -> tuple[dict[str, Any] | bytes, str]:
-    """Encode masks for the wire: (JSON-ready dict or bytes, media type).
-
-    json: the largest external contour of each mask (original pixels) and of each low-res mask (256 frame);
-    rle: COCO RLE of each; png: base64 1-bit PNGs; binary: the seed's npz with bool masks (M, H, W) and
-    float32 low_res_masks logits (M, 256, 256).
-    """
-    masks = output.masks
-    low_res = output.low_res_logits > 0.0
-    scores = [float(s) for s in output.iou_scores]
-    if fmt == "binary":
-        return segment_to_npz(masks, output.low_res_logits.astype(np.float32)), "application/octet-stream"
-    encoded: tuple[list[Any], list[Any]]
-    if fmt == "json":
-        encoded = [mask_to_polygon(m) for m in masks], [mask_to_polygon(m) for m in low_res]
-    elif fmt == "rle":
-        encoded = [encode_rle(m) for m in masks], [encode_rle(m) for m in low_res]
-    elif fmt == "png":
-        encoded = (
-            [base64.b64encode(encode_png(m)).decode("ascii") for m in masks],
-            [base64.b64encode(encode_png(m)).decode("ascii") for m in low_res],
-        )
-    else:
-        raise InvalidInput(f"unknown format {fmt!r}: use json, binary, rle or png", field="format")
-    return {"masks": encoded[0], "low_res_masks": encoded[1], "scores": scores}, "application/json"
-
-
 class DecoderService:
     """Answers prompts: embedding from the job or the cache, ONNX decoder, low-res logits back to the cache."""
 
@@ -200,7 +171,7 @@ class DecoderService:
         decoder, identity = open_decoder(settings, threads=threads)
         cache = cache_from_settings(settings)
         if cache.shared and settings.decoder_local_cache_bytes:
-            cache.local_copies = LocalEmbeddingCopies(settings.decoder_local_cache_bytes)
+            cache = LocallyCopiedCache(cache, settings.decoder_local_cache_bytes)
         return cls(decoder, identity, cache, limits=settings.images)
 
     async def load_inputs(self, job: SegmentJob) -> tuple[ImageEmbedding, np.ndarray | None]:
@@ -297,5 +268,5 @@ class DecoderService:
         started = time.perf_counter()
         output = self.decode(embedding, job, mask_input)
         decoded = time.perf_counter()
-        encoded = encode_output(output, job.format)
+        encoded = encode_masks(output.masks, output.low_res_logits, output.iou_scores, job.format)
         return output, encoded, decoded - started, time.perf_counter() - decoded

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SAM_", extra="forbid")
 
-    model_type: str = Field(default="vit_h", description="a key of sam_core.models.MODEL_REGISTRY")
+    model_type: str = Field(default="vit_h", description="a key of sam_core.model.registry.MODEL_REGISTRY")
     checkpoint: str | None = Field(
         default=None,
         description="local checkpoint path; when unset the official checkpoint is downloaded to cache_dir",

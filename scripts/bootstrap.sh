@@ -18,7 +18,7 @@ fi
 # The stamp records the pyproject.toml the venv was installed from (and the interpreter).
 STAMP=.venv/.sam-serve-installed
 WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) $(.venv/bin/python -c 'import sys; print(sys.version)' | head -1)"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! has sam_core deployments; then
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! has sam_core deployments sam_cli; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   echo "$WANT" > "$STAMP"
 fi

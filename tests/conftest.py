@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import io
-import itertools
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,11 +14,11 @@ import cv2
 import numpy as np
 import pycocotools.mask as coco_mask
 import pytest
-import redis
 from PIL import Image
 
-from sam_core.decoder import OnnxDecoder
-from sam_core.models import LoadedModel, load_model, make_random_checkpoint
+from sam_cli.local_redis import LocalRedis, free_port
+from sam_core.model.build import LoadedModel, load_model, make_random_checkpoint
+from sam_core.model.decoder import OnnxDecoder
 from sam_core.settings import Settings
 
 # ---- reference decoders for the mask encodings we write -------------------------------------------------
@@ -60,97 +56,15 @@ def photo_jpeg(rng: np.random.Generator, size: tuple[int, int], quality: int = 9
 # ---- Redis ---------------------------------------------------------------------------------------------
 
 REDIS_MAXMEMORY = "64mb"
-REDIS_START_DEADLINE_S = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A throwaway `redis-server` on 127.0.0.1:`port`: no persistence, LRU eviction under `maxmemory`.
-
-    `stop()` and `start()` let fault tests take it away and bring it back on the same port.
-    """
-
-    def __init__(self, executable: str, port: int, workdir: Path, maxmemory: str = REDIS_MAXMEMORY) -> None:
-        self.executable = executable
-        self.maxmemory = maxmemory
-        self.port = port
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def client(self) -> redis.Redis:
-        """A synchronous client for test set-up and inspection."""
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0)
-
-    def start(self) -> None:
-        """Start the server (no-op when running) and return once it answers PING."""
-        if self.running:
-            return
-        log = (self.workdir / "redis.log").open("ab")
-        options = {
-            "--port": str(self.port),
-            "--bind": "127.0.0.1",
-            "--save": "",
-            "--appendonly": "no",
-            "--maxmemory": self.maxmemory,
-            "--maxmemory-policy": "allkeys-lru",
-            "--dir": str(self.workdir),
-        }
-        self._process = subprocess.Popen(
-            [self.executable, *itertools.chain.from_iterable(options.items())],
-            cwd=self.workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self._wait_for_ping()
-
-    def _wait_for_ping(self) -> None:
-        deadline = time.monotonic() + REDIS_START_DEADLINE_S
-        last_error: Exception | None = None
-        with self.client() as client:
-            while time.monotonic() < deadline:
-                if not self.running:
-                    break
-                try:
-                    if client.ping():
-                        return
-                except redis.RedisError as exc:
-                    last_error = exc
-                time.sleep(0.02)
-        log_tail = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
-        self.stop()
-        raise RuntimeError(f"redis-server on port {self.port} did not answer PING ({last_error}):\n{log_tail}")
-
-    def stop(self) -> None:
-        """Stop the server and wait until it has exited."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 def _session_redis(
     tmp_path_factory: pytest.TempPathFactory, name: str, maxmemory: str = REDIS_MAXMEMORY
-) -> Iterator[RedisServer]:
+) -> Iterator[LocalRedis]:
     executable = shutil.which("redis-server")
     if executable is None:
         pytest.skip("redis-server is not on PATH")
-    server = RedisServer(executable, _free_port(), tmp_path_factory.mktemp(name), maxmemory)
+    server = LocalRedis(executable, port=free_port(), workdir=tmp_path_factory.mktemp(name), maxmemory=maxmemory)
     server.start()
     try:
         yield server
@@ -159,20 +73,20 @@ def _session_redis(
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
     """One private redis-server for the cache tests, on a free port, killed at the end."""
     yield from _session_redis(tmp_path_factory, "redis")
 
 
 @pytest.fixture(scope="session")
-def app_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def app_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
     """The serve app's own redis-server: the cache tests flush, stop and shrink theirs, never this one."""
     # Room for ~250 embeddings: the load test alone creates dozens of images.
     yield from _session_redis(tmp_path_factory, "app-redis", maxmemory="512mb")
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
+def redis_url(redis_server: LocalRedis) -> str:
     """The private server's URL with an empty database and the default maxmemory.
 
     Restarts the server first if a fault test left it stopped.
@@ -231,7 +145,7 @@ class ServeApp:
     url: str
     handle: Any  # ray.serve.handle.DeploymentHandle to SamIngress
     settings: Settings
-    redis: RedisServer
+    redis: LocalRedis
     checkpoint: Path
 
 
@@ -253,7 +167,7 @@ def ray_cluster() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def serve_app(
     ray_cluster: None,
-    app_redis_server: RedisServer,
+    app_redis_server: LocalRedis,
     tiny_checkpoint: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServeApp]:
@@ -265,7 +179,7 @@ def serve_app(
 
     from deployments.app import compose
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = Settings(
         model_type="vit_tiny",

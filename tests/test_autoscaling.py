@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ray import serve
 
-from sam_core.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest
+from sam_core.wire.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest
 from tests.conftest import ServeApp, second_app
 from tests.test_serve import png_base64
 

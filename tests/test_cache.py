@@ -17,6 +17,7 @@ from sam_core.cache import (
     CorruptCacheEntryError,
     EmbeddingCache,
     LocalEmbeddingCopies,
+    LocallyCopiedCache,
     MemoryEmbeddingCache,
     RedisEmbeddingCache,
     cache_key,
@@ -31,7 +32,7 @@ from sam_core.errors import CacheUnavailable
 from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
 
 if TYPE_CHECKING:
-    from conftest import RedisServer
+    from sam_cli.local_redis import LocalRedis
 
 T = TypeVar("T")
 
@@ -224,9 +225,8 @@ def test_get_all_reports_missing_logits_as_none(new_cache: CacheFactory, rng: np
     assert restored_embedding is not None and restored_logits is None
 
 
-def with_local_copies(cache: EmbeddingCache, max_bytes: int = 64 * 1024 * 1024) -> EmbeddingCache:
-    cache.local_copies = LocalEmbeddingCopies(max_bytes)
-    return cache
+def with_local_copies(cache: EmbeddingCache, max_bytes: int = 64 * 1024 * 1024) -> LocallyCopiedCache:
+    return LocallyCopiedCache(cache, max_bytes)
 
 
 def test_local_copy_answers_follow_ups_with_the_same_values(new_cache: CacheFactory, rng: np.random.Generator) -> None:
@@ -283,7 +283,7 @@ def test_local_copy_is_not_served_once_the_shared_entry_is_gone(
         return both
 
     assert run(scenario()) == (None, None)
-    assert cache.local_copies is not None and len(cache.local_copies) == 0
+    assert len(cache.copies) == 0
 
 
 def test_follow_ups_answered_from_the_local_copy_keep_the_entry_alive(
@@ -547,7 +547,7 @@ def test_make_cache_picks_redis_when_a_url_is_given_and_memory_otherwise() -> No
 
 
 def test_redis_keys_hold_only_the_hashed_image_id(
-    redis_server: RedisServer, redis_url: str, rng: np.random.Generator
+    redis_server: LocalRedis, redis_url: str, rng: np.random.Generator
 ) -> None:
     image_id = "secret-customer-photo\x00.jpg"
     cache = RedisEmbeddingCache(redis_url, ttl_s=60, timeout_s=TIMEOUT_S)
@@ -566,7 +566,7 @@ def test_redis_keys_hold_only_the_hashed_image_id(
 
 
 def test_redis_down_raises_cache_unavailable_quickly_then_recovers_on_its_own(
-    redis_server: RedisServer, redis_url: str, rng: np.random.Generator
+    redis_server: LocalRedis, redis_url: str, rng: np.random.Generator
 ) -> None:
     cache = RedisEmbeddingCache(redis_url, ttl_s=60, timeout_s=TIMEOUT_S)
     embedding = random_embedding(rng)
@@ -609,7 +609,7 @@ def test_redis_down_raises_cache_unavailable_quickly_then_recovers_on_its_own(
 
 
 def test_read_observer_hears_unavailable_for_each_kind_of_a_read_while_redis_is_down(
-    redis_server: RedisServer, redis_url: str
+    redis_server: LocalRedis, redis_url: str
 ) -> None:
     cache = RedisEmbeddingCache(redis_url, ttl_s=60, timeout_s=TIMEOUT_S)
     heard: list[tuple[str, str, str]] = []
@@ -629,7 +629,7 @@ def test_read_observer_hears_unavailable_for_each_kind_of_a_read_while_redis_is_
 
 
 def test_a_stalled_redis_raises_cache_unavailable_within_twice_the_timeout(
-    redis_server: RedisServer, redis_url: str, rng: np.random.Generator
+    redis_server: LocalRedis, redis_url: str, rng: np.random.Generator
 ) -> None:
     cache = RedisEmbeddingCache(redis_url, ttl_s=60, timeout_s=TIMEOUT_S)
     embedding = random_embedding(rng)
@@ -655,7 +655,7 @@ def test_a_stalled_redis_raises_cache_unavailable_within_twice_the_timeout(
 
 
 def test_a_redis_restart_between_calls_is_invisible_to_the_caller(
-    redis_server: RedisServer, redis_url: str, rng: np.random.Generator
+    redis_server: LocalRedis, redis_url: str, rng: np.random.Generator
 ) -> None:
     cache = RedisEmbeddingCache(redis_url, ttl_s=60, timeout_s=TIMEOUT_S)
     embedding = random_embedding(rng)
@@ -674,7 +674,7 @@ def test_a_redis_restart_between_calls_is_invisible_to_the_caller(
 
 
 def test_redis_full_of_entries_evicts_old_ones_instead_of_failing_writes(
-    redis_server: RedisServer, redis_url: str, rng: np.random.Generator
+    redis_server: LocalRedis, redis_url: str, rng: np.random.Generator
 ) -> None:
     with redis_server.client() as client:
         client.config_set("maxmemory", "8mb")  # reset to the default by the next `redis_url`

@@ -14,15 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from sam_core import checkpoints
-from sam_core.checkpoints import (
-    OFFICIAL_CHECKPOINTS,
-    download_checkpoint,
-    resolve_checkpoint,
-    sha256_file,
-    verify_checkpoint,
-)
 from sam_core.errors import CheckpointError, ChecksumMismatch, DownloadError
+from sam_core.model import verify
+from sam_core.model.checkpoints import resolve_checkpoint
+from sam_core.model.download import download_checkpoint
+from sam_core.model.registry import OFFICIAL_CHECKPOINTS
+from sam_core.model.verify import sha256_file, verify_checkpoint
 
 PAYLOAD_BYTES = 3 * 1024 * 1024 + 4321  # not a multiple of any chunk size
 VIT_B_FILENAME = OFFICIAL_CHECKPOINTS["vit_b"].filename
@@ -396,13 +393,13 @@ def test_sidecar_hash_is_invalidated_when_the_file_changes(tmp_path: Path, monke
 
 def _count_hashing(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
-    real_hash_file = checkpoints._hash_file
+    real_hash_file = verify._hash_file
 
-    def counting_hash_file(path: Path, *, with_md5: bool, chunk: int = checkpoints.HASH_CHUNK_BYTES) -> tuple:
+    def counting_hash_file(path: Path, *, with_md5: bool, chunk: int = verify.HASH_CHUNK_BYTES) -> tuple:
         calls.append(path)
         return real_hash_file(path, with_md5=with_md5, chunk=chunk)
 
-    monkeypatch.setattr(checkpoints, "_hash_file", counting_hash_file)
+    monkeypatch.setattr(verify, "_hash_file", counting_hash_file)
     return calls
 
 

@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
+from sam_cli.local_redis import free_port
 from sam_core.client import SamClient, SegmentArrays
-from tests.conftest import _free_port
 
 READY_DEADLINE_S = 150.0
 """Ray start-up, the random checkpoint and the ONNX export take ~30-60 s on the 2-core machine; more under load."""
@@ -83,7 +83,7 @@ def _wait_gone(processes: list[ProcessInfo], timeout: float) -> list[ProcessInfo
 
 def _command() -> list[str]:
     script = Path(sys.executable).with_name("sam-serve")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "deployments.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sam_cli"]
 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
@@ -123,7 +123,7 @@ def test_run_serves_with_a_private_redis_and_stops_cleanly(stop_signal: signal.S
         pytest.skip("redis-server is not on PATH")
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs /proc to follow the command's child processes")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SAM_REDIS_URL", "RAY_ADDRESS")}
     log = tmp_path / "run.log"

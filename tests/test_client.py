@@ -27,7 +27,7 @@ from sam_core.client import (
     raise_for_error,
     segment_request_body,
 )
-from sam_core.schemas import EmbedImageResponse, SegmentImageResponse
+from sam_core.wire.schemas import EmbedImageResponse, SegmentImageResponse
 from tests.conftest import ServeApp, png_to_mask, rle_to_mask
 
 EMBEDDING_SHAPE = (1, 256, 64, 64)

@@ -19,12 +19,12 @@ from segment_anything.modeling import Sam
 from segment_anything.modeling.image_encoder import ImageEncoderViT
 
 from sam_core.embedding import EncoderInput
-from sam_core.encoder import ImageEncoder
 from sam_core.errors import ConfigurationError, InvalidInput
-from sam_core.images import resize_to_input_frame
-from sam_core.models import LoadedModel, build_sam
+from sam_core.model.build import LoadedModel, build_sam
+from sam_core.model.encoder import ImageEncoder
 from sam_core.service import EncoderService
 from sam_core.settings import Settings
+from sam_core.wire.images import resize_to_input_frame
 
 # fp32 options change only the order of floating-point operations: a relative L2 of ~1e-6 is rounding.
 EXACT_OPTION_REL_L2 = 1e-5
@@ -227,7 +227,7 @@ def test_settings_pass_the_speed_options_to_the_encoder(
     # model's own tensors, not channels-last copies), not compiled.
     from segment_anything.modeling.image_encoder import Attention
 
-    from sam_core.encoder import _sdpa_attention_forward
+    from sam_core.model.attention import _sdpa_attention_forward
 
     attention = [m for m in encoder.image_encoder.modules() if isinstance(m, Attention)]
     assert attention and all(getattr(m.forward, "__func__", None) is _sdpa_attention_forward for m in attention)

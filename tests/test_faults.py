@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import RedisServer, ServeApp, _free_port, second_app
+from sam_cli.local_redis import LocalRedis, free_port
+from tests.conftest import ServeApp, second_app
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +32,11 @@ def png_base64() -> str:
 
 
 @pytest.fixture
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
     executable = shutil.which("redis-server")
     if executable is None:
         pytest.skip("redis-server is not on PATH")
-    server = RedisServer(executable, _free_port(), tmp_path_factory.mktemp("faults-redis"))
+    server = LocalRedis(executable, port=free_port(), workdir=tmp_path_factory.mktemp("faults-redis"), maxmemory="64mb")
     server.start()
     try:
         yield server
@@ -44,7 +45,7 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]
 
 
 @pytest.fixture
-def faults_app(serve_app: ServeApp, own_redis: RedisServer) -> Iterator[httpx.Client]:
+def faults_app(serve_app: ServeApp, own_redis: LocalRedis) -> Iterator[httpx.Client]:
     """A second application on its own redis-server, which the tests stop, start and fill."""
     settings = serve_app.settings.model_copy(update={"redis_url": own_redis.url, "cache_timeout_s": TIMEOUT_S})
     with second_app(APP, settings), httpx.Client(base_url=f"{serve_app.url}/{APP}", timeout=120) as client:
@@ -59,7 +60,7 @@ def click(http: httpx.Client, image_id: str, image: str | None = None) -> httpx.
 
 
 def test_redis_outage_fails_only_id_only_requests_fast_and_recovers(
-    faults_app: httpx.Client, own_redis: RedisServer
+    faults_app: httpx.Client, own_redis: LocalRedis
 ) -> None:
     image, image_id = png_base64(), f"outage-{uuid.uuid4()}"
     assert click(faults_app, image_id, image).status_code == 200
@@ -83,7 +84,7 @@ def test_redis_outage_fails_only_id_only_requests_fast_and_recovers(
     assert response.status_code == 200, "caching did not resume after Redis came back: " + response.text
 
 
-def test_full_redis_evicts_old_embeddings_instead_of_failing(faults_app: httpx.Client, own_redis: RedisServer) -> None:
+def test_full_redis_evicts_old_embeddings_instead_of_failing(faults_app: httpx.Client, own_redis: LocalRedis) -> None:
     with own_redis.client() as client:
         client.config_set("maxmemory", "8mb")  # room for about three 2 MB embeddings
     ids = [f"lru-{i}-{uuid.uuid4()}" for i in range(8)]

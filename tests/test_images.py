@@ -1,4 +1,4 @@
-"""Specification of sam_core.images: what client images decode to, and what is refused before decoding."""
+"""Specification of sam_core.wire.images: what client images decode to, and what is refused before decoding."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ from sam_core.errors import (
     URLFetchError,
     URLInputRefused,
 )
-from sam_core.images import (
+from sam_core.settings import ImageLimits
+from sam_core.wire.image_checks import check_image_size
+from sam_core.wire.images import (
     LoadedImage,
-    check_image_size,
     decode_base64_image,
     decode_image,
     decode_image_bytes,
@@ -38,7 +39,6 @@ from sam_core.images import (
     load_image,
     read_image,
 )
-from sam_core.settings import ImageLimits
 
 # ---- helpers --------------------------------------------------------------------------------------------
 

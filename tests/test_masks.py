@@ -1,4 +1,4 @@
-"""Specification of sam_core.masks: every encoding round-trips, and bad client input is refused by field."""
+"""Specification of sam_core.wire.masks: every encoding round-trips, and bad client input is refused by field."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sam_core import masks
-from sam_core import npy as sam_npy
 from sam_core.errors import InvalidInput
+from sam_core.wire import masks
+from sam_core.wire import npy as sam_npy
 from tests.conftest import png_to_mask, rle_to_mask
 
 ODD_SHAPES = [(1, 1), (3, 7), (7, 3), (1, 50), (37, 91), (256, 256)]

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sam_core.checkpoints import sha256_file
 from sam_core.errors import CheckpointError, ChecksumMismatch, ConfigurationError, UnknownModel
-from sam_core.models import MODEL_REGISTRY, build_sam, load_model, make_random_checkpoint, resolve_device
+from sam_core.model.build import build_sam, load_model, make_random_checkpoint, resolve_device
+from sam_core.model.registry import MODEL_REGISTRY
+from sam_core.model.verify import sha256_file
 
 
 def test_registry_lists_the_official_variants_and_the_tiny_one() -> None:

@@ -10,7 +10,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from sam_core.errors import InvalidInput
 from sam_core.frames import preprocess_shape
-from sam_core.prompts import build_prompt, onnx_prompt_inputs, to_input_frame
+from sam_core.model.prompts import build_prompt, onnx_prompt_inputs, to_input_frame
 
 
 def test_input_frame_transform_matches_segment_anything() -> None:

@@ -1,4 +1,4 @@
-"""Properties of sam_core.prompts over arbitrary input: validation refuses by field or yields a sane Prompt,
+"""Properties of sam_core.model.prompts over arbitrary input: validation refuses by field or yields a sane Prompt,
 and the transform into the 1024 input frame is segment-anything's, for any image size."""
 
 from __future__ import annotations
@@ -13,14 +13,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from sam_core.errors import InvalidInput
 from sam_core.frames import INPUT_SIZE, preprocess_shape
-from sam_core.prompts import (
-    MAX_POINTS,
-    POINT_LABELS,
-    Prompt,
-    build_prompt,
-    onnx_prompt_inputs,
-    to_input_frame,
-)
+from sam_core.model.prompts import MAX_POINTS, POINT_LABELS, Prompt, build_prompt, onnx_prompt_inputs, to_input_frame
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
 SLACK_PX = 0.5

@@ -17,10 +17,10 @@ import numpy as np
 import orjson
 import pytest
 
-from sam_core.cache import round_to_storage
-from sam_core.masks import MAX_POLYGON_POINTS, MAX_POLYGONS
-from sam_core.models import LoadedModel
-from sam_core.npy import npy_to_embedding, npz_to_segment
+from sam_core.embedding import round_to_storage
+from sam_core.model.build import LoadedModel
+from sam_core.wire.masks import MAX_POLYGON_POINTS, MAX_POLYGONS
+from sam_core.wire.npy import npy_to_embedding, npz_to_segment
 from tests.conftest import ServeApp, photo_jpeg
 from tests.test_api import (
     EMBED,

@@ -17,8 +17,8 @@ from PIL import Image
 from ray import serve
 from segment_anything import SamPredictor
 
-from sam_core.models import LoadedModel
-from sam_core.npy import npz_to_segment
+from sam_core.model.build import LoadedModel
+from sam_core.wire.npy import npz_to_segment
 from tests.conftest import APP_NAME, DECODER_REPLICAS, ServeApp
 
 pytestmark = pytest.mark.slow

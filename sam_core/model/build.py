@@ -1,4 +1,4 @@
-"""SAM model variants: a registry of architectures, building and loading them, and their identity.
+"""Building and loading SAM networks, and the identity of the weights they hold.
 
 A model built from a checkpoint knows its identity (type + checkpoint sha256); cache keys and exported decoder
 files carry it so that one model's embeddings never reach another model's decoder.
@@ -16,41 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sam_core.checkpoints import resolve_checkpoint, sha256_file
 from sam_core.errors import CheckpointError, ConfigurationError, UnknownModel
+from sam_core.model.checkpoints import resolve_checkpoint
+from sam_core.model.registry import architecture
+from sam_core.model.verify import sha256_file
 
 if TYPE_CHECKING:
     import torch
     from segment_anything.modeling import Sam
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelArchitecture:
-    """The image-encoder hyper-parameters that tell SAM variants apart.
-
-    The prompt encoder and mask decoder are the same for every variant, so a decoder's cost does not depend
-    on the model type.
-    """
-
-    encoder_embed_dim: int
-    encoder_depth: int
-    encoder_num_heads: int
-    encoder_global_attn_indexes: tuple[int, ...]
-    official: bool
-    """True when Meta publishes a checkpoint for it (see sam_core.checkpoints.OFFICIAL_CHECKPOINTS)."""
-
-
-MODEL_REGISTRY: dict[str, ModelArchitecture] = {
-    # The three official variants, with segment-anything's own hyper-parameters (build_sam.py).
-    "vit_h": ModelArchitecture(1280, 32, 16, (7, 15, 23, 31), official=True),
-    "vit_l": ModelArchitecture(1024, 24, 16, (5, 11, 17, 23), official=True),
-    "vit_b": ModelArchitecture(768, 12, 12, (2, 5, 8, 11), official=True),
-    # A small image encoder in front of the real prompt encoder and mask decoder: for offline runs and tests,
-    # where no official weights can be had. Its checkpoints come from `make_random_checkpoint`.
-    "vit_tiny": ModelArchitecture(64, 2, 2, (1,), official=False),
-}
 
 
 @dataclass(frozen=True)
@@ -74,15 +49,6 @@ class LoadedModel:
     identity: ModelIdentity
     checkpoint_path: Path
     device: torch.device
-
-
-def architecture(model_type: str) -> ModelArchitecture:
-    """The registry entry for `model_type`, or UnknownModel naming the known types."""
-    try:
-        return MODEL_REGISTRY[model_type]
-    except KeyError:
-        known = ", ".join(sorted(MODEL_REGISTRY))
-        raise UnknownModel(f"unknown model type {model_type!r}; known: {known}", field="model_type") from None
 
 
 def build_sam(model_type: str) -> Sam:

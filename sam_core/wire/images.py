@@ -11,14 +11,9 @@ import binascii
 import contextlib
 import hashlib
 import io
-import ipaddress
-import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
 
-import httpx
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -28,16 +23,18 @@ from sam_core.errors import (
     ImageTooLarge,
     InvalidInput,
     UnsupportedImageFormat,
-    URLFetchError,
     URLInputRefused,
+    describe,
 )
 from sam_core.frames import preprocess_shape
 from sam_core.settings import ImageLimits
+from sam_core.wire.image_checks import check_byte_count, check_dimensions
+from sam_core.wire.pixels import array_to_rgb, to_rgb_array
+from sam_core.wire.url_fetch import fetch_url_bytes
 
 __all__ = [
     "EncodedImage",
     "LoadedImage",
-    "check_image_size",
     "decode_base64_image",
     "decode_image",
     "decode_image_bytes",
@@ -53,10 +50,6 @@ __all__ = [
 NPY_FORMAT = "NPY"
 """`LoadedImage.format` of an image that arrived as a numpy array rather than an encoded file."""
 
-MAX_REDIRECTS = 3
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Cloud metadata endpoints: already link-local / unique-local, listed so the refusal says what they are.
-_METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
 _DATA_URL_PREFIX = "data:"
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -98,18 +91,18 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, *, field: str = "image.
     (I) and float (F) images, whose range is unknown, are stretched min..max to 0..255; CMYK, YCbCr, 1, L
     and P convert through PIL (embedded ICC profiles are ignored). Animated images give their first frame.
     """
-    _check_byte_count(len(data), limits, field)
+    check_byte_count(len(data), limits, field)
     if not data:
         raise ImageDecodeError("the image is empty (0 bytes)", field=field)
     try:
         with _open_header(data, limits, field) as image:
-            _check_dimensions(image.width, image.height, limits, field)
+            check_dimensions(image.width, image.height, limits, field)
             image_format = image.format or "unknown"
             # Image.open is lazy: load() inside the try is what turns truncation and corruption into our
             # error instead of an OSError somewhere downstream.
             image.load()
             _apply_exif_orientation(image)
-            pixels = _to_rgb_array(image, field)
+            pixels = to_rgb_array(image, field)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # PIL's own bomb guard (global MAX_IMAGE_PIXELS) can fire before our header check when the
         # configured max_pixels is above it; the warning arrives as an exception only under -W error.
@@ -117,7 +110,7 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, *, field: str = "image.
     except InvalidInput:
         raise
     except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ... on bad data
-        raise ImageDecodeError(f"the image could not be decoded ({_describe(exc)})", field=field) from exc
+        raise ImageDecodeError(f"the image could not be decoded ({describe(exc)})", field=field) from exc
     return LoadedImage(pixels=pixels, content_sha256=_sha256(data), format=image_format)
 
 
@@ -159,62 +152,6 @@ def _apply_exif_orientation(image: Image.Image) -> None:
         ImageOps.exif_transpose(image, in_place=True)
 
 
-def _to_rgb_array(image: Image.Image, field: str) -> np.ndarray:
-    mode = image.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        values = np.asarray(image)
-        if values.dtype.kind == "u" and values.dtype.itemsize == 2:
-            # The container's range is known: scale by it (round(v / 257)), not by the content, so a
-            # value maps to the same grey in every image and a dark image stays dark.
-            scaled = (values.astype(np.uint32) * 255 + 32767) // 65535
-            return _gray_to_rgb(scaled.astype(np.uint8))
-        # 32-bit integer and float images have no meaningful container range: stretch their content.
-        return _gray_to_rgb(_stretch_to_uint8(values))
-    if mode in _ALPHA_MODES or _has_transparency(image):
-        return _composite_on_black(np.asarray(image.convert("RGBA")))
-    if mode != "RGB":
-        try:
-            image = image.convert("RGB")
-        except ValueError as exc:  # e.g. LAB, HSV: modes PIL cannot convert to RGB
-            raise UnsupportedImageFormat(f"image mode {mode} is not supported", field=field) from exc
-    # A private, writable copy (PIL's array view is read-only; torch.from_numpy warns on those).
-    return np.array(image, dtype=np.uint8, order="C", copy=True)
-
-
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-
-
-def _has_transparency(image: Image.Image) -> bool:
-    """A tRNS colour key (L, RGB, P) or a palette carrying alpha: both mean some pixels are see-through."""
-    if "transparency" in image.info:
-        return True
-    return image.mode == "P" and image.palette is not None and image.palette.mode == "RGBA"
-
-
-def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Min..max of the finite values to 0..255; non-finite values become 0; a flat image becomes 0."""
-    as_float = values.astype(np.float64)
-    finite = np.isfinite(as_float)
-    if not finite.any():
-        return np.zeros(values.shape, dtype=np.uint8)
-    low = float(as_float[finite].min())
-    high = float(as_float[finite].max())
-    span = high - low if high > low else 1.0
-    scaled = np.where(finite, (as_float - low) * (255.0 / span), 0.0)
-    return np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)
-
-
-def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-
-
-def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
-    """Premultiply colour by alpha: transparent areas become black, whatever colour they stored."""
-    alpha = rgba[:, :, 3:4].astype(np.uint16)
-    rgb = (rgba[:, :, :3].astype(np.uint16) * alpha + 127) // 255
-    return np.ascontiguousarray(rgb, dtype=np.uint8)
-
-
 # ---- base64 ---------------------------------------------------------------------------------------------
 
 
@@ -244,7 +181,7 @@ def _decode_base64(value: str, limits: ImageLimits, field: str) -> bytes:
         raw = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters
         raise InvalidInput(f"not valid base64 ({exc})", field=field) from exc
-    _check_byte_count(len(raw), limits, field)
+    check_byte_count(len(raw), limits, field)
     return raw
 
 
@@ -277,7 +214,7 @@ def _npy_pixels(raw: bytes, limits: ImageLimits, field: str) -> np.ndarray:
         }[version]
         shape, fortran_order, dtype = read_header(stream)
     except (KeyError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidInput(f"the .npy header is malformed ({_describe(exc)})", field=field) from exc
+        raise InvalidInput(f"the .npy header is malformed ({describe(exc)})", field=field) from exc
     if dtype.hasobject:
         raise InvalidInput("object arrays are refused: pickled data is never loaded", field=field)
     if dtype != np.uint8:
@@ -291,7 +228,7 @@ def _npy_pixels(raw: bytes, limits: ImageLimits, field: str) -> np.ndarray:
         )
     array = np.frombuffer(raw, dtype=np.uint8, count=count, offset=offset)
     array = array.reshape(shape, order="F" if fortran_order else "C")
-    return _array_to_rgb(array)
+    return array_to_rgb(array)
 
 
 def _read_array(array: np.ndarray, limits: ImageLimits, field: str) -> EncodedImage:
@@ -313,16 +250,7 @@ def _check_array_shape(shape: tuple[int, ...], limits: ImageLimits, field: str) 
     if not (len(shape) == 2 or (len(shape) == 3 and shape[2] in (3, 4))):
         raise InvalidInput(f"the array's shape is {shape}; send (H, W), (H, W, 3) or (H, W, 4)", field=field)
     height, width = shape[0], shape[1]
-    _check_dimensions(width, height, limits, field)
-
-
-def _array_to_rgb(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 2:
-        return _gray_to_rgb(array)
-    if array.shape[2] == 4:
-        return _composite_on_black(array)
-    # Always a private copy: the caller's array (or the request's buffer) may change after we return.
-    return np.array(array, dtype=np.uint8, order="C", copy=True)
+    check_dimensions(width, height, limits, field)
 
 
 # ---- URL ------------------------------------------------------------------------------------------------
@@ -331,154 +259,6 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
 def fetch_image_url(url: str, limits: ImageLimits, *, field: str = "image.value") -> LoadedImage:
     """Fetch an http(s) image URL and decode it (see `fetch_url_bytes`)."""
     return decode_image_bytes(fetch_url_bytes(url, limits, field=field), limits, field=field)
-
-
-def fetch_url_bytes(url: str, limits: ImageLimits, *, field: str = "image.value") -> bytes:
-    """Fetch an http(s) image URL's bytes (at most `max_bytes`), guarding against SSRF.
-
-    Each hop (at most 3 redirects, followed by hand) has its host resolved and every address checked:
-    private, loopback, link-local, reserved and other non-global addresses are refused unless
-    `limits.allow_private_urls`; cloud-metadata, multicast and unspecified addresses always are. The
-    connection goes to a checked address (the URL's host is kept for the Host header and TLS SNI/certificate
-    checks), so DNS cannot be rebound between check and connect. Environment proxies are ignored (they would
-    bypass the address check). `url_timeout_s` bounds each network step and, roughly, the whole download;
-    DNS resolution uses the system resolver's own timeout.
-    """
-    if not limits.allow_url:
-        raise URLInputRefused(
-            "URL input is disabled on this server (SAM_IMAGE_ALLOW_URL); send the image as base64",
-            field=field,
-        )
-    deadline = time.monotonic() + limits.url_timeout_s
-    current = url
-    with httpx.Client(timeout=httpx.Timeout(limits.url_timeout_s), follow_redirects=False, trust_env=False) as client:
-        for _hop in range(MAX_REDIRECTS + 1):
-            target = _checked_target(current, limits, field)
-            outcome = _fetch_pinned(client, target, limits, field, deadline)
-            if isinstance(outcome, bytes):
-                return outcome
-            current = urljoin(current, outcome)  # relative to the URL as named, not its address
-    raise URLFetchError(f"gave up after {MAX_REDIRECTS} redirects", field=field)
-
-
-@dataclass(frozen=True)
-class _Target:
-    """A URL whose host was resolved and checked: one URL per checked address, in resolver order."""
-
-    host: str
-    host_header: str
-    pinned_urls: tuple[str, ...]
-
-
-def _checked_target(url: str, limits: ImageLimits, field: str) -> _Target:
-    try:
-        parts = urlsplit(url.strip())
-        scheme = parts.scheme.lower()
-        port = parts.port or (443 if scheme == "https" else 80)
-    except ValueError as exc:  # bad port, bad IPv6 literal
-        raise InvalidInput(f"not a valid URL ({exc})", field=field) from exc
-    if scheme not in ("http", "https"):
-        raise URLInputRefused(f"only http and https URLs are fetched, not {scheme or 'none'!r}", field=field)
-    host = parts.hostname
-    if not host:
-        raise InvalidInput("the URL has no host", field=field)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-    except (OSError, UnicodeError, ValueError) as exc:  # gaierror is an OSError
-        raise URLFetchError(f"could not resolve host {host!r}", field=field) from exc
-    if not addresses:
-        raise URLFetchError(f"host {host!r} has no address", field=field)
-    # Refuse if any address is off limits: which one the connection would use is not ours to trust.
-    for address in addresses:
-        problem = _refused_address_kind(address, allow_private=limits.allow_private_urls)
-        if problem:
-            raise URLInputRefused(f"host {host!r} resolves to {problem} address {address}", field=field)
-    pinned_urls = tuple(
-        parts._replace(netloc=f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}").geturl()
-        for address in dict.fromkeys(addresses)
-    )
-    bare_host = f"[{host}]" if ":" in host else host
-    default_port = port == (443 if scheme == "https" else 80)
-    return _Target(host=host, host_header=bare_host if default_port else f"{bare_host}:{port}", pinned_urls=pinned_urls)
-
-
-def _refused_address_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool) -> str | None:
-    """Why an address is off limits for server-side fetches, or None when it may be fetched.
-
-    Metadata, multicast and unspecified addresses are refused even with `allow_private`: no image lives
-    there, and the metadata service is the classic SSRF prize.
-    """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
-    always = (
-        (address in _METADATA_ADDRESSES, "a cloud metadata"),
-        (address.is_multicast, "a multicast"),
-        (address.is_unspecified, "an unspecified"),
-    )
-    unless_private_allowed = (
-        (address.is_loopback, "a loopback"),
-        (address.is_link_local, "a link-local"),
-        (address.is_reserved, "a reserved"),
-        (address.is_private, "a private"),
-        (not address.is_global, "a non-global"),  # shared 100.64/10 and the like
-    )
-    checks = always if allow_private else always + unless_private_allowed
-    return next((kind for refused, kind in checks if refused), None)
-
-
-def _fetch_pinned(
-    client: httpx.Client, target: _Target, limits: ImageLimits, field: str, deadline: float
-) -> bytes | str:
-    """Try the checked addresses in order (dual-stack hosts); only a failed connect moves to the next."""
-    for index, pinned_url in enumerate(target.pinned_urls):
-        try:
-            return _fetch_once(client, pinned_url, target, limits, field, deadline)
-        except httpx.ConnectError as exc:
-            if index == len(target.pinned_urls) - 1:
-                raise URLFetchError(f"could not connect to {target.host!r} ({exc})", field=field) from exc
-    raise AssertionError("a _Target always has at least one address")
-
-
-def _fetch_once(
-    client: httpx.Client, pinned_url: str, target: _Target, limits: ImageLimits, field: str, deadline: float
-) -> bytes | str:
-    """The body of a 2xx response, or the Location of a redirect; anything else raises.
-
-    The connection goes to the checked address in `pinned_url`; the Host header and TLS SNI (which also
-    drives certificate verification) keep the URL's host name, so DNS cannot change between check and use.
-    """
-    headers = {"Host": target.host_header, "Accept": "image/*", "Accept-Encoding": "identity"}
-    try:
-        with client.stream("GET", pinned_url, headers=headers, extensions={"sni_hostname": target.host}) as response:
-            if response.status_code in _REDIRECT_STATUSES:
-                location = response.headers.get("location")
-                if not location:
-                    raise URLFetchError(f"HTTP {response.status_code} redirect without a Location", field=field)
-                return location
-            if not 200 <= response.status_code < 300:
-                raise URLFetchError(
-                    f"the URL answered HTTP {response.status_code} {response.reason_phrase}".rstrip(),
-                    field=field,
-                )
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.isdigit():
-                _check_byte_count(int(declared), limits, field)
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                # Stop as soon as the limit is passed: a lying or absent Content-Length must not make us
-                # buffer an unbounded body.
-                _check_byte_count(len(body), limits, field)
-                if time.monotonic() > deadline:
-                    raise URLFetchError(f"the download took longer than {limits.url_timeout_s} s", field=field)
-            return bytes(body)
-    except httpx.ConnectError:
-        raise  # the caller may try the host's next address
-    except httpx.TimeoutException as exc:
-        raise URLFetchError(f"timed out after {limits.url_timeout_s} s", field=field) from exc
-    except httpx.HTTPError as exc:
-        raise URLFetchError(f"could not fetch the URL ({_describe(exc)})", field=field) from exc
 
 
 # ---- dispatch -------------------------------------------------------------------------------------------
@@ -542,7 +322,7 @@ def read_image(kind: str, value: object, limits: ImageLimits, *, field: str = "i
 def decode_image(encoded: EncodedImage, limits: ImageLimits) -> LoadedImage:
     """The pixels of an image `read_image` returned, under `limits` (the CPU-heavy half of loading)."""
     if encoded.array is not None:
-        pixels = _array_to_rgb(encoded.array)
+        pixels = array_to_rgb(encoded.array)
         return LoadedImage(pixels=pixels, content_sha256=encoded.content_sha256, format=NPY_FORMAT)
     if encoded.kind == NPY_FORMAT:
         pixels = _npy_pixels(encoded.data, limits, encoded.field)
@@ -574,44 +354,5 @@ def load_image(kind: str, value: object, limits: ImageLimits, *, field: str = "i
     return decode_image(read_image(kind, value, limits, field=field), limits)
 
 
-# ---- shared checks --------------------------------------------------------------------------------------
-
-
-def _check_byte_count(count: int, limits: ImageLimits, field: str) -> None:
-    if count > limits.max_bytes:
-        raise ImageTooLarge(f"the image is over {limits.max_bytes} bytes (max_bytes)", field=field)
-
-
-def check_image_size(size: tuple[int, int], limits: ImageLimits, *, field: str) -> None:
-    """Refuse an image size (height, width) outside `limits` (ImageTooLarge, 413), e.g. a client's `orig_im_size`.
-
-    The decoder upsamples its masks to this size, so no size that an image could not have is ever decoded.
-    """
-    height, width = size
-    if height <= 0 or width <= 0:
-        raise InvalidInput(f"must be two positive integers [height, width], got [{height}, {width}]", field=field)
-    _check_dimensions(width, height, limits, field)
-
-
-def _check_dimensions(width: int, height: int, limits: ImageLimits, field: str) -> None:
-    if width <= 0 or height <= 0:
-        raise ImageDecodeError(f"the image has no pixels ({width}x{height})", field=field)
-    if max(width, height) > limits.max_side:
-        raise ImageTooLarge(
-            f"the image is {width}x{height}; its longest side may be at most {limits.max_side} pixels",
-            field=field,
-        )
-    if width * height > limits.max_pixels:
-        raise ImageTooLarge(
-            f"the image is {width}x{height} = {width * height} pixels, over max_pixels={limits.max_pixels}",
-            field=field,
-        )
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -20,14 +20,14 @@ import numpy as np
 from sam_core.embedding import ImageEmbedding
 from sam_core.errors import ConfigurationError, InvalidInput
 from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
-from sam_core.prompts import Prompt, onnx_prompt_inputs
+from sam_core.model.prompts import Prompt, onnx_prompt_inputs
 
 if TYPE_CHECKING:
     import onnxruntime
     import torch
     from segment_anything.modeling import Sam
 
-    from sam_core.models import ModelIdentity
+    from sam_core.model.build import ModelIdentity
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ class OnnxDecoder:
 
         Args:
             embedding: the image's embedding and sizes.
-            prompt: points/box in original-image pixels (see sam_core.prompts.build_prompt).
+            prompt: points/box in original-image pixels (see sam_core.model.prompts.build_prompt).
             mask_input: (1, 1, 256, 256) logits in the low-res frame from a previous prediction, or None.
             multimask: three masks (SamPredictor's multimask output) instead of one.
 

@@ -1,0 +1,99 @@
+"""The commands that work in-process: make a random checkpoint, download one, export decoders, segment an image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sam_cli.arguments import settings_from
+
+
+def cmd_make_checkpoint(args: argparse.Namespace) -> int:
+    from sam_core.model.build import make_random_checkpoint
+
+    path, sha256 = make_random_checkpoint(args.model_type, Path(args.out), seed=args.seed)
+    print(json.dumps({"checkpoint": str(path), "model_type": args.model_type, "sha256": sha256}))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from sam_core.service import resolve_configured_checkpoint
+
+    settings = settings_from(args)
+    path, sha256 = resolve_configured_checkpoint(settings)
+    print(json.dumps({"checkpoint": str(path), "model_type": settings.model_type, "sha256": sha256}))
+    return 0
+
+
+def cmd_export_decoder(args: argparse.Namespace) -> int:
+    from sam_core.model.decoder import ensure_decoder_file
+    from sam_core.service import load_configured_model
+
+    settings = settings_from(args)
+    model = load_configured_model(settings, device="cpu")
+    paths = [
+        ensure_decoder_file(
+            model.sam,
+            model.identity,
+            settings.cache_dir,
+            multimask=multimask,
+            quantized=settings.decoder_quantize,
+        )
+        for multimask in (False, True)
+    ]
+    print(json.dumps({"model_id": model.identity.model_id, "decoders": [str(p) for p in paths]}))
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sam_core.model.prompts import build_prompt
+    from sam_core.service import configured_decoder, configured_encoder, load_configured_model
+    from sam_core.wire.images import decode_image_bytes
+    from sam_core.wire.masks import encode_png, encode_rle, mask_to_polygon
+
+    settings = settings_from(args)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    model = load_configured_model(settings)
+    decoder = configured_decoder(model.sam, model.identity, settings, threads=settings.decoder_threads)
+    timings["load_s"] = time.perf_counter() - started
+
+    image = decode_image_bytes(Path(args.image).read_bytes(), settings.images, field="image")
+    started = time.perf_counter()
+    embedding = configured_encoder(model, settings).embed(image.pixels)
+    timings["embed_s"] = time.perf_counter() - started
+
+    points = args.point or []
+    prompt = build_prompt(
+        [[x, y] for x, y, _ in points],
+        [label for _, _, label in points],
+        embedding.original_size,
+        box=args.box,
+    )
+    started = time.perf_counter()
+    output = decoder.decode(embedding, prompt, multimask=args.multimask)
+    timings["decode_s"] = time.perf_counter() - started
+
+    best = int(np.argmax(output.iou_scores))
+    mask = output.masks[best]
+    result: dict[str, Any] = {
+        "model_id": model.identity.model_id,
+        "image_size": list(embedding.original_size),
+        "iou_scores": [round(float(s), 4) for s in output.iou_scores],
+        "mask_pixels": int(mask.sum()),
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    if args.format == "polygon":
+        result["polygon"] = mask_to_polygon(mask)
+    elif args.format == "rle":
+        result["rle"] = encode_rle(mask)
+    if args.out:
+        Path(args.out).write_bytes(encode_png(mask))
+        result["png"] = args.out
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,152 @@
+"""The shared cache in Redis: values with a TTL, refreshed by every read, every failure a `CacheUnavailable`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import redis.asyncio as redis_asyncio
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from sam_core.cache.base import EmbeddingCache
+from sam_core.cache.codec import HEADER_BYTES
+from sam_core.errors import CacheUnavailable, ConfigurationError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class RedisEmbeddingCache(EmbeddingCache):
+    """Shared cache in Redis: `SET key value PX ttl`, reads by `GETEX ... PX ttl` so active images stay.
+
+    Redis is expected to run with a `maxmemory` and an LRU policy, so writes evict old entries instead of
+    failing. Every Redis or socket error, and any operation exceeding `2 * timeout_s`, is raised as
+    `CacheUnavailable`; the connection pool reconnects on its own once Redis is back.
+
+    redis.asyncio clients are bound to the event loop that created their connections, so the client is
+    created lazily inside the running loop and recreated if a later call runs in a different loop.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: float,
+        timeout_s: float,
+        max_connections: int = 32,
+        health_check_interval_s: int = 15,
+    ) -> None:
+        if ttl_s <= 0 or timeout_s <= 0:
+            raise ValueError(f"ttl_s ({ttl_s}) and timeout_s ({timeout_s}) must be positive")
+        try:
+            parse_url(url)  # fail at start-up, not on the first request
+        except ValueError as exc:
+            raise ConfigurationError(f"bad Redis URL: {exc}", field="redis_url") from exc
+        self._url = url
+        self._ttl_ms = max(1, round(ttl_s * 1000))
+        self._timeout_s = timeout_s
+        # Bounds connect + command (+ waiting for a pooled connection) so a caller never hangs on Redis.
+        self._deadline_s = 2 * timeout_s
+        self._max_connections = max_connections
+        self._health_check_interval_s = health_check_interval_s
+        self._client: redis_asyncio.Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _new_client(self) -> redis_asyncio.Redis:
+        # A blocking pool makes a burst wait for a free connection instead of failing "Too many connections".
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
+            self._url,
+            max_connections=self._max_connections,
+            timeout=self._timeout_s,
+            socket_timeout=self._timeout_s,
+            socket_connect_timeout=self._timeout_s,
+            health_check_interval=self._health_check_interval_s,
+            # One immediate retry on connection errors only: it replaces a pooled socket that died while
+            # Redis restarted. Timeouts are not retried (the old `retry_on_timeout=False`): a slow Redis
+            # fails fast and the caller recomputes.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        return redis_asyncio.Redis.from_pool(pool)
+
+    def _client_for_running_loop(self) -> redis_asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            if self._client is not None:
+                # The old client's sockets belong to a finished loop and cannot be awaited from this one.
+                log.debug("event loop changed: creating a new Redis client")
+            self._client = self._new_client()
+            self._loop = loop
+        return self._client
+
+    async def _call(self, op: str, command: Callable[[redis_asyncio.Redis], Awaitable[T]]) -> T:
+        client = self._client_for_running_loop()
+        try:
+            return await asyncio.wait_for(command(client), self._deadline_s)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise CacheUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _fetch(self, keys: Sequence[str]) -> list[bytes | None]:
+        async def getex(client: redis_asyncio.Redis) -> list[bytes | None]:
+            if len(keys) == 1:
+                values = [await client.getex(keys[0], px=self._ttl_ms)]
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.getex(key, px=self._ttl_ms)
+                    values = await pipe.execute()
+            assert all(v is None or isinstance(v, bytes) for v in values), "client must not decode responses"
+            return [v if isinstance(v, bytes) else None for v in values]
+
+        return await self._call("get", getex)
+
+    async def _fetch_head(self, head_key: str, keys: Sequence[str]) -> list[bytes | None]:
+        async def getrange(client: redis_asyncio.Redis) -> list[bytes | None]:
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    if key == head_key:
+                        # GETRANGE does not touch the TTL; PEXPIRE refreshes it as GETEX would.
+                        pipe.getrange(key, 0, HEADER_BYTES - 1)
+                        pipe.pexpire(key, self._ttl_ms)
+                    else:
+                        pipe.getex(key, px=self._ttl_ms)
+                replies = iter(await pipe.execute())
+            values: list[bytes | None] = []
+            for key in keys:
+                value = next(replies)
+                if key == head_key:
+                    next(replies)  # PEXPIRE's 0/1
+                    value = value or None  # GETRANGE of a missing key is b""
+                values.append(value if isinstance(value, bytes) else None)
+            return values
+
+        return await self._call("get", getrange)
+
+    async def _store(self, key: str, payload: bytes) -> int:
+        await self._call("set", lambda client: client.set(key, payload, px=self._ttl_ms))
+        return len(payload)
+
+    async def _remove(self, keys: Sequence[str]) -> None:
+        await self._call("delete", lambda client: client.delete(*keys))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call("ping", lambda client: client.ping()))
+        except CacheUnavailable as exc:
+            log.info("redis ping failed: %s", exc.reason)
+            return False
+
+    async def close(self) -> None:
+        client, loop = self._client, self._loop
+        self._client = self._loop = None
+        if client is not None and loop is asyncio.get_running_loop():
+            try:
+                await client.aclose()
+            except (RedisError, OSError) as exc:
+                log.info("closing the Redis client: %s", exc)

@@ -1,0 +1,74 @@
+"""A request turned into a decoder's job: the prompt as plain lists, and the client's own embedding or mask
+input decoded and checked (the CPU-heavy parts: callers run them off the event loop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sam_core.embedding import ImageEmbedding, round_to_storage
+from sam_core.errors import InvalidInput
+from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE, preprocess_shape
+from sam_core.settings import ImageLimits
+from sam_core.wire.image_checks import check_image_size
+from sam_core.wire.masks import mask_input_array, polygons_to_mask
+from sam_core.wire.npy import decode_npy_base64
+from sam_core.wire.schemas import SegmentImageRequest, SegmentJob
+
+
+def segment_job(request: SegmentImageRequest) -> SegmentJob:
+    """The decoder's job for a segment request: its prompt and options (the mask input and embedding are
+    added by the caller, decoded off the loop)."""
+    return SegmentJob(
+        cache_key=request.image_id,
+        point_coords=[[float(c) for c in pair] for pair in request.point_coords],
+        point_labels=[float(label) for label in request.point_labels],
+        box=None if request.box is None else [float(c) for c in request.box],
+        has_mask_input=request.has_mask_input,
+        use_mask_input_cache=request.use_mask_input_cache,
+        multimask_output=request.multimask_output,
+        format=request.format,
+    )
+
+
+def client_embedding(request: SegmentImageRequest, limits: ImageLimits) -> ImageEmbedding:
+    """A client's embedding and `orig_im_size`, checked (CPU-heavy for a JSON list: call off the loop).
+
+    Rounded to the cache's storage precision as every embedding is, so the embeddings a client got from
+    the embed route (already rounded) decode exactly as the image's cached entry does.
+    """
+    if request.orig_im_size is None:
+        raise InvalidInput("required with embeddings: [height, width] of the original image", field="orig_im_size")
+    original_size = (int(request.orig_im_size[0]), int(request.orig_im_size[1]))
+    # The decoder upsamples its masks to this size: an unchecked one could ask for any output size.
+    check_image_size(original_size, limits, field="orig_im_size")
+    if request.embeddings_format == "binary":
+        if not isinstance(request.embeddings, str):
+            raise InvalidInput("binary embeddings are a base64 .npy string", field="embeddings")
+        array = decode_npy_base64(request.embeddings, field="embeddings", expected_shape=EMBEDDING_SHAPE)
+    else:
+        try:
+            array = np.asarray(request.embeddings, dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"not a numeric array: {exc}", field="embeddings") from exc
+        if array.shape != EMBEDDING_SHAPE:
+            raise InvalidInput(f"must have shape {EMBEDDING_SHAPE}, got {array.shape}", field="embeddings")
+        if not np.isfinite(array).all():
+            raise InvalidInput("has non-finite values", field="embeddings")
+    return ImageEmbedding(
+        embedding=round_to_storage(array),
+        original_size=original_size,
+        input_size=preprocess_shape(original_size),
+    )
+
+
+def explicit_mask_input(request: SegmentImageRequest) -> np.ndarray | None:
+    """The request's explicit mask input as (1, 1, 256, 256) float32, or None (call off the loop)."""
+    if not request.has_mask_input or request.mask_input is None:
+        return None
+    if request.mask_input_format == "binary":
+        if not isinstance(request.mask_input, str):
+            raise InvalidInput("binary mask_input is a base64 .npy string", field="mask_input")
+        array = decode_npy_base64(request.mask_input, field="mask_input", expected_shape=MASK_INPUT_SHAPE)
+        return np.ascontiguousarray(array, dtype=np.float32)
+    return mask_input_array(polygons_to_mask(request.mask_input, field="mask_input"))
