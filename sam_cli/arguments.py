@@ -3,36 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sam_core.settings import Settings
+
+MODEL_FLAGS = ("model_type", "checkpoint", "checkpoint_sha256", "checkpoint_url", "cache_dir", "device")
+"""The Settings fields every model command takes as flags."""
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, *names: str, aliases: Mapping[str, str] | None = None) -> None:
+    """One flag per named Settings field, derived from the field: `--model-type` for `model_type`, its help the
+    field's description and environment variable, a switch for a bool, the choices of a Literal, the type of
+    a Path, int or float. Unset flags stay None, so the environment (or the default) applies.
+
+    `aliases`: an extra, shorter spelling for a field's flag (`{"decoder_quantize": "--quantize"}`).
+    """
+    for name in names:
+        field = Settings.model_fields[name]
+        option: dict[str, Any] = {
+            "dest": name,
+            "default": None,
+            "help": f"{field.description or name.replace('_', ' ')} (env SAM_{name.upper()})",
+        }
+        annotation = field.annotation
+        if annotation is bool:
+            option.update(action="store_const", const=True)
+        elif typing.get_origin(annotation) is Literal:
+            option["choices"] = typing.get_args(annotation)
+        elif annotation in (Path, int, float):
+            option["type"] = annotation
+        flags = [f"--{name.replace('_', '-')}", *([aliases[name]] if aliases and name in aliases else [])]
+        parser.add_argument(*flags, **option)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    add_setting_flags(parser, *MODEL_FLAGS)
 
 
 def setting_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The Settings fields given as flags (None: not given, so the env or the default applies)."""
-    overrides: dict[str, Any] = {}
-    names = ("model_type", "checkpoint", "checkpoint_sha256", "checkpoint_url", "cache_dir", "device")
-    for name in (*names, "encoder_dtype"):
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
-    if getattr(args, "quantize", False):
-        overrides["decoder_quantize"] = True
-    return overrides
+    return {name: value for name in Settings.model_fields if (value := getattr(args, name, None)) is not None}
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from the flags given, the `SAM_*` environment under them (pydantic-settings' own order)."""
     return Settings(**setting_flags(args))
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-type", help="vit_h, vit_l, vit_b or vit_tiny (env SAM_MODEL_TYPE)")
-    parser.add_argument("--checkpoint", help="local checkpoint file (env SAM_CHECKPOINT); else downloaded")
-    parser.add_argument("--checkpoint-sha256", help="expected sha256, overrides the registry's")
-    parser.add_argument("--checkpoint-url", help="download from this mirror instead of the official URL")
-    parser.add_argument("--cache-dir", type=Path, help="where checkpoints and decoders are kept")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
 
 
 def parse_point(text: str) -> tuple[float, float, int]:

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from sam_cli.arguments import add_model_options, parse_box, parse_point
+from sam_cli.arguments import add_model_options, add_setting_flags, parse_box, parse_point
 from sam_cli.commands import cmd_download, cmd_export_decoder, cmd_make_checkpoint, cmd_segment
 from sam_cli.run import add_run_options, cmd_run
 from sam_core.errors import SamServeError
@@ -34,13 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export-decoder", help="export the ONNX decoders for a checkpoint")
     add_model_options(export)
-    export.add_argument("--quantize", action="store_true", help="int8 dynamic quantisation")
+    add_setting_flags(export, "decoder_quantize", aliases={"decoder_quantize": "--quantize"})
     export.set_defaults(func=cmd_export_decoder)
 
     segment = commands.add_parser("segment", help="embed an image and segment it from prompts, in-process")
     add_model_options(segment)
-    segment.add_argument("--encoder-dtype", choices=["float32", "float16", "bfloat16"])
-    segment.add_argument("--quantize", action="store_true", help="int8 decoder")
+    add_setting_flags(segment, "encoder_dtype", "decoder_quantize", aliases={"decoder_quantize": "--quantize"})
     segment.add_argument("--image", required=True, help="image file")
     segment.add_argument("--point", type=parse_point, action="append", help="x,y[,label] in image pixels; repeatable")
     segment.add_argument("--box", type=parse_box, help="x0,y0,x1,y1 in image pixels")

@@ -176,7 +176,7 @@ def _shutdown(local_redis: LocalRedis | None) -> None:
     if ray.is_initialized():
         try:
             serve.shutdown()
-        except Exception as exc:  # keep going: Ray and Redis must still be stopped
+        except Exception as exc:  # noqa: BLE001 (whatever failed, Ray and Redis must still be stopped)
             log.warning("serve.shutdown failed: %s", exc)
         ray.shutdown()
     if local_redis is not None:
@@ -204,14 +204,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     _stop_on_signals()
     local_redis = None
     try:
-        # SAM_* env vars apply (validated by load_settings); flags given here win over them.
-        env_settings = load_settings({})
-        settings = load_settings({**env_settings.model_dump(), **setting_flags(args)}, env_overrides=False)
+        # Flags given here win over SAM_* variables, which win over the defaults (pydantic-settings' order).
+        settings = load_settings(setting_flags(args), env_overrides=False)
         ingress_cpus = float(SamIngress.ray_actor_options.get("num_cpus", 0.0))  # type: ignore[attr-defined]
         _check_resources(args, ingress_cpus)
         _check_port_free(args.host, args.port)
         settings = _prepare_checkpoint(settings, args.random_weights)
-        redis_url, local_redis = _pick_cache(args.redis_url, env_settings.redis_url)
+        redis_url, local_redis = _pick_cache(args.redis_url, settings.redis_url)
         settings = load_settings({**settings.model_dump(), "redis_url": redis_url}, env_overrides=False)
 
         print(f"sam-serve: starting Ray ({args.num_cpus} logical CPUs)", file=sys.stderr)

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 """Largest HTTP request body by default: a 20 MiB image as base64 (27 MiB) with room for the rest."""
@@ -45,7 +45,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SAM_", extra="forbid")
 
-    model_type: str = Field(default="vit_h", description="a key of sam_core.model.registry.MODEL_REGISTRY")
+    model_type: str = Field(
+        default="vit_h", description="vit_h, vit_l, vit_b or vit_tiny (sam_core.model.registry.MODEL_REGISTRY)"
+    )
     checkpoint: str | None = Field(
         default=None,
         description="local checkpoint path; when unset the official checkpoint is downloaded to cache_dir",
@@ -56,7 +58,9 @@ class Settings(BaseSettings):
     checkpoint_sha256: str | None = Field(
         default=None, description="expected sha256 of the checkpoint; overrides the registry's value"
     )
-    cache_dir: Path = Field(default_factory=default_cache_dir)
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir, description="where checkpoints and exported decoders are kept"
+    )
     device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'")
     encoder_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         default="float32", description="autocast dtype of the image encoder (reduced precision on GPU)"
@@ -102,20 +106,11 @@ class Settings(BaseSettings):
     def with_env_overrides(cls, args: Mapping[str, Any]) -> Settings:
         """Application args (e.g. from serve_config.yaml), each overridden by its `SAM_*` environment variable.
 
-        pydantic-settings ranks init arguments above the environment; an application's config file is the
-        default and the environment the override, so the order is reversed here, field by field.
+        pydantic-settings ranks init arguments above the environment, which is right for a command line; an
+        application's config file is the default and the environment the override, so this builds the
+        variant whose sources run the other way round (`settings_customise_sources`, nested limits too).
         """
-        from_env = cls()
-        merged: dict[str, Any] = dict(args)
-        for name in from_env.model_fields_set:
-            if name == "images":
-                continue
-            merged[name] = getattr(from_env, name)
-        images_env = ImageLimits()
-        images_args = dict(merged.get("images") or {})
-        images_args.update({name: getattr(images_env, name) for name in images_env.model_fields_set})
-        merged["images"] = images_args
-        return cls(**merged)
+        return _EnvFirstSettings(**args)
 
     @field_validator("device")
     @classmethod
@@ -132,3 +127,57 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {value!r}")
         return value
+
+
+def _env_first(
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+    dotenv_settings: PydanticBaseSettingsSource,
+    file_secret_settings: PydanticBaseSettingsSource,
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    return env_settings, init_settings, dotenv_settings, file_secret_settings
+
+
+class _EnvFirstImageLimits(ImageLimits):
+    """`ImageLimits` whose `SAM_IMAGE_*` variables win over the arguments given."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return _env_first(init_settings, env_settings, dotenv_settings, file_secret_settings)
+
+
+class _EnvFirstSettings(Settings):
+    """`Settings` whose `SAM_*` variables win over the arguments given (`Settings.with_env_overrides`)."""
+
+    images: _EnvFirstImageLimits = Field(default_factory=_EnvFirstImageLimits)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return _env_first(init_settings, env_settings, dotenv_settings, file_secret_settings)
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _images_read_their_environment(cls, value: Any) -> Any:
+        # A nested settings model given as a dict is validated without reading its environment: build it.
+        if isinstance(value, ImageLimits):
+            value = value.model_dump(exclude_unset=True)
+        if not isinstance(value, Mapping):
+            return value
+        try:
+            return _EnvFirstImageLimits(**value)
+        except ValidationError as exc:  # named under `images` like any other field's error
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
+import cachetools
 import numpy as np
 
 from sam_core.cache.base import EmbeddingCache
@@ -28,8 +28,11 @@ class LocalEmbeddingCopies:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes ({max_bytes}) must be positive")
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, tuple[bytes, ImageEmbedding]] = OrderedDict()
-        self._total_bytes = 0
+        # cachetools evicts least recently used entries until the sizes fit; the lock makes get-and-touch
+        # atomic for the executor threads that share this object.
+        self._entries: cachetools.LRUCache[str, tuple[bytes, ImageEmbedding]] = cachetools.LRUCache(
+            maxsize=max_bytes, getsizeof=_entry_bytes
+        )
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -37,31 +40,22 @@ class LocalEmbeddingCopies:
 
     def get(self, key: str) -> tuple[bytes, ImageEmbedding] | None:
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-            return entry
+            return self._entries.get(key)
 
     def put(self, key: str, tag: bytes, embedding: ImageEmbedding) -> None:
-        nbytes = embedding.embedding.nbytes
-        if nbytes > self.max_bytes:
+        if embedding.embedding.nbytes > self.max_bytes:
             return
         embedding.embedding.flags.writeable = False
         with self._lock:
-            self._discard(key)
-            while self._total_bytes + nbytes > self.max_bytes:
-                self._discard(next(iter(self._entries)))
             self._entries[key] = (tag, embedding)
-            self._total_bytes += nbytes
 
     def discard(self, key: str) -> None:
         with self._lock:
-            self._discard(key)
+            self._entries.pop(key, None)
 
-    def _discard(self, key: str) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._total_bytes -= entry[1].embedding.nbytes
+
+def _entry_bytes(entry: tuple[bytes, ImageEmbedding]) -> int:
+    return int(entry[1].embedding.nbytes)
 
 
 class LocallyCopiedCache(EmbeddingCache):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
+
+import cachetools
 
 from sam_core.cache.base import EmbeddingCache
 
@@ -28,66 +29,44 @@ class MemoryEmbeddingCache(EmbeddingCache):
         if max_bytes <= 0 or ttl_s <= 0:
             raise ValueError(f"max_bytes ({max_bytes}) and ttl_s ({ttl_s}) must be positive")
         self.max_bytes = max_bytes
-        self._ttl_s = ttl_s
-        self._clock = clock
-        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key -> (payload, expires_at)
-        self._total_bytes = 0
+        # cachetools' TTL cache: expired entries go first, then the least recently used, until the payloads'
+        # bytes fit under max_bytes.
+        self._entries: cachetools.TTLCache[str, bytes] = cachetools.TTLCache(
+            maxsize=max_bytes, ttl=ttl_s, timer=clock, getsizeof=len
+        )
         self._lock = threading.Lock()
 
     @property
     def total_bytes(self) -> int:
         """Bytes of payload currently held (expired entries not yet purged included)."""
-        return self._total_bytes
+        return int(self._entries.currsize)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _pop(self, key: str) -> None:
-        payload, _ = self._entries.pop(key)
-        self._total_bytes -= len(payload)
-
-    def _purge_expired(self, now: float) -> None:
-        while self._entries:
-            key, (_, expires_at) = next(iter(self._entries.items()))
-            if expires_at > now:
-                break
-            self._pop(key)
-
     async def _fetch(self, keys: Sequence[str]) -> list[bytes | None]:
         with self._lock:
-            now = self._clock()
-            self._purge_expired(now)
             found: list[bytes | None] = []
             for key in keys:
-                entry = self._entries.get(key)
-                if entry is None:
-                    found.append(None)
-                    continue
-                self._entries[key] = (entry[0], now + self._ttl_s)
-                self._entries.move_to_end(key)
-                found.append(entry[0])
+                payload = self._entries.get(key)
+                if payload is not None:
+                    self._entries[key] = payload  # restarts its TTL, as Redis's GETEX does
+                found.append(payload)
             return found
 
     async def _store(self, key: str, payload: bytes) -> int:
         with self._lock:
-            now = self._clock()
-            if key in self._entries:
-                self._pop(key)
-            self._purge_expired(now)
+            self._entries.pop(key, None)
             if len(payload) > self.max_bytes:
                 log.warning("value of %d bytes exceeds the memory cache bound %d", len(payload), self.max_bytes)
                 return 0
-            while self._total_bytes + len(payload) > self.max_bytes:
-                self._pop(next(iter(self._entries)))
-            self._entries[key] = (payload, now + self._ttl_s)
-            self._total_bytes += len(payload)
+            self._entries[key] = payload
             return len(payload)
 
     async def _remove(self, keys: Sequence[str]) -> None:
         with self._lock:
             for key in keys:
-                if key in self._entries:
-                    self._pop(key)
+                self._entries.pop(key, None)
 
     async def ping(self) -> bool:
         return True

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import filelock
 import httpx
+import tenacity
 from tqdm import tqdm
 
 from sam_core.errors import ChecksumMismatch, DownloadError
@@ -30,21 +30,22 @@ class _TransientError(Exception):
 
 @contextlib.contextmanager
 def exclusive_lock(dest: Path) -> Iterator[None]:
-    """Serialise work on `dest` across processes (and threads: each call opens its own file description).
+    """Serialise work on `dest` across processes (and threads: each call takes its own lock object).
 
-    The lock file is left behind on purpose: deleting it would let a third process lock a new inode while
-    the second still holds the old one.
+    filelock locks `<dest>.lock` with the platform's own primitive (flock on POSIX, msvcrt on Windows) and
+    leaves the file behind, as it must: deleting it would let a third process lock a new inode while the
+    second still holds the old one.
     """
-    fd = os.open(dest.with_name(dest.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    lock = filelock.FileLock(dest.with_name(dest.name + ".lock"))
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process working on %s", dest)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        lock.acquire(blocking=False)
+    except filelock.Timeout:
+        log.info("waiting for another process working on %s", dest)
+        lock.acquire()
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 def _display_url(url: str) -> str:
@@ -117,31 +118,38 @@ def download_locked(
     normalise_sha256(sha256)  # a malformed expectation should fail before gigabytes move, not after
     part = dest.with_suffix(dest.suffix + ".part")
     shown = _display_url(url)
-    failures = 0
     log.info("downloading %s to %s", shown, dest)
+
+    def retrying(state: tenacity.RetryCallState) -> None:
+        log.warning(
+            "download of %s interrupted (%s); retry %d/%d in %.1fs",
+            shown,
+            state.outcome.exception() if state.outcome else None,
+            state.attempt_number,
+            retries,
+            state.upcoming_sleep,
+        )
+
+    attempts = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(_TransientError),
+        stop=tenacity.stop_after_attempt(retries + 1),
+        wait=tenacity.wait_exponential(multiplier=retry_backoff_s),
+        before_sleep=retrying,
+        reraise=True,
+    )
     # identity encoding: byte ranges must count file bytes, not compressed ones.
     with httpx.Client(timeout=timeout_s, follow_redirects=True, headers={"Accept-Encoding": "identity"}) as client:
-        while True:
-            try:
-                if _fetch_into(client, url, part, size_bytes=size_bytes, progress=progress, label=dest.name):
-                    break
-            except _TransientError as exc:
-                failures += 1
-                if failures > retries:
-                    raise DownloadError(
-                        f"downloading {shown} failed after {failures} attempts ({exc}); "
-                        f"{part} is kept and the next attempt resumes it"
-                    ) from exc
-                delay = retry_backoff_s * 2 ** (failures - 1)
-                log.warning(
-                    "download of %s interrupted (%s); retry %d/%d in %.1fs",
-                    shown,
-                    exc,
-                    failures,
-                    retries,
-                    delay,
-                )
-                time.sleep(delay)
+        try:
+            for attempt in attempts:
+                with attempt:
+                    # False: the partial file was discarded; start over at once (not a failed attempt).
+                    while not _fetch_into(client, url, part, size_bytes=size_bytes, progress=progress, label=dest.name):
+                        pass
+        except _TransientError as exc:
+            raise DownloadError(
+                f"downloading {shown} failed after {retries + 1} attempts ({exc}); "
+                f"{part} is kept and the next attempt resumes it"
+            ) from exc
     try:
         digests = verify(part, sha256=sha256, size_bytes=size_bytes, md5_prefix=md5_prefix, use_sidecar=False)
     except ChecksumMismatch:
@@ -174,33 +182,10 @@ def _fetch_into(
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
         with client.stream("GET", url, headers=headers) as response:
-            status = response.status_code
-            if status == 416 and offset:
-                # Our range starts at or past the end: either the part is complete or it is not this file.
-                _, total = _parse_content_range(response.headers.get("content-range"))
-                if total == offset:
-                    return True
-                log.warning("%s refused to resume at byte %d; starting over", shown, offset)
-                part.unlink()
-                return False
-            if status == 206 and offset:
-                start, total = _parse_content_range(response.headers.get("content-range"))
-                if start != offset:
-                    log.warning("%s answered a different range than asked; starting over", shown)
-                    part.unlink()
-                    return False
-                mode = "ab"
-            elif status == 200:
-                if offset:
-                    log.info("%s ignored the Range request; restarting %s from zero", shown, label)
-                offset = 0
-                length = response.headers.get("content-length")
-                total = int(length) if length and length.isdigit() else None
-                mode = "wb"
-            elif status in (408, 429) or status >= 500:
-                raise _TransientError(f"HTTP {status}")
-            else:
-                raise DownloadError(f"GET {shown} returned HTTP {status}")
+            answer = _read_answer(response, part, offset, shown, label)
+            if isinstance(answer, bool):
+                return answer
+            mode, offset, total = answer
             if total is not None and size_bytes is not None and total != size_bytes:
                 # Fail before moving gigabytes of the wrong file.
                 part.unlink(missing_ok=True)
@@ -208,27 +193,72 @@ def _fetch_into(
                     f"size check failed for {shown}: expected {size_bytes} bytes, the server reports {total}"
                 )
             expected_total = total if total is not None else size_bytes
-            with (
-                part.open(mode) as out,
-                tqdm(
-                    total=expected_total,
-                    initial=offset,
-                    desc=label,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    disable=None if progress else True,  # None: shown only on a terminal
-                ) as bar,
-            ):
-                for block in response.iter_bytes(_DOWNLOAD_CHUNK_BYTES):
-                    out.write(block)
-                    bar.update(len(block))
-                out.flush()
-                # The rename that follows must not publish data still in the page cache.
-                os.fsync(out.fileno())
+            _write_body(response, part, mode, offset, expected_total, progress=progress, label=label)
     except httpx.TransportError as exc:
         raise _TransientError(f"{type(exc).__name__}: {exc}") from exc
     received = part.stat().st_size
     if expected_total is not None and received < expected_total:
         raise _TransientError(f"connection closed after {received} of {expected_total} bytes")
     return True
+
+
+def _read_answer(
+    response: httpx.Response, part: Path, offset: int, shown: str, label: str
+) -> bool | tuple[str, int, int | None]:
+    """What the server's status means for `part`: True (already complete), False (discarded: start over), or
+    (file mode, the offset the body starts at, the total size announced)."""
+    status = response.status_code
+    if status == 416 and offset:
+        # Our range starts at or past the end: either the part is complete or it is not this file.
+        _, total = _parse_content_range(response.headers.get("content-range"))
+        if total == offset:
+            return True
+        log.warning("%s refused to resume at byte %d; starting over", shown, offset)
+        part.unlink()
+        return False
+    if status == 206 and offset:
+        start, total = _parse_content_range(response.headers.get("content-range"))
+        if start != offset:
+            log.warning("%s answered a different range than asked; starting over", shown)
+            part.unlink()
+            return False
+        return "ab", offset, total
+    if status == 200:
+        if offset:
+            log.info("%s ignored the Range request; restarting %s from zero", shown, label)
+        length = response.headers.get("content-length")
+        return "wb", 0, int(length) if length and length.isdigit() else None
+    if status in (408, 429) or status >= 500:
+        raise _TransientError(f"HTTP {status}")
+    raise DownloadError(f"GET {shown} returned HTTP {status}")
+
+
+def _write_body(
+    response: httpx.Response,
+    part: Path,
+    mode: str,
+    offset: int,
+    expected_total: int | None,
+    *,
+    progress: bool,
+    label: str,
+) -> None:
+    """Stream the body into `part` with a progress bar, then fsync it."""
+    with (
+        part.open(mode) as out,
+        tqdm(
+            total=expected_total,
+            initial=offset,
+            desc=label,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=None if progress else True,  # None: shown only on a terminal
+        ) as bar,
+    ):
+        for block in response.iter_bytes(_DOWNLOAD_CHUNK_BYTES):
+            out.write(block)
+            bar.update(len(block))
+        out.flush()
+        # The rename that follows must not publish data still in the page cache.
+        os.fsync(out.fileno())

@@ -11,7 +11,6 @@ import binascii
 import contextlib
 import hashlib
 import io
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from sam_core.errors import (
 from sam_core.frames import preprocess_shape
 from sam_core.settings import ImageLimits
 from sam_core.wire.image_checks import check_byte_count, check_dimensions
+from sam_core.wire.npy import decode_npy
 from sam_core.wire.pixels import array_to_rgb, to_rgb_array
 from sam_core.wire.url_fetch import fetch_url_bytes
 
@@ -71,7 +71,8 @@ class LoadedImage:
     format: str
 
     def __post_init__(self) -> None:
-        assert self.pixels.ndim == 3 and self.pixels.shape[2] == 3, f"pixels shape {self.pixels.shape}"
+        assert self.pixels.ndim == 3, f"pixels shape {self.pixels.shape}"
+        assert self.pixels.shape[2] == 3, f"pixels shape {self.pixels.shape}"
         assert self.pixels.dtype == np.uint8, f"pixels dtype {self.pixels.dtype}"
 
     @property
@@ -141,7 +142,7 @@ def _identify_format(data: bytes) -> str | None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.format
-    except Exception:  # any failure here just means "not a format PIL can name"
+    except Exception:  # noqa: BLE001 (any failure here just means "not a format PIL can name")
         return None
 
 
@@ -200,34 +201,14 @@ def decode_numpy_payload(value: str, limits: ImageLimits, *, field: str = "image
 
 
 def _npy_pixels(raw: bytes, limits: ImageLimits, field: str) -> np.ndarray:
-    """The RGB pixels of `np.save` bytes of a uint8 image array, checked header-first (see above)."""
-    stream = io.BytesIO(raw)
-    if raw[: len(_NPY_MAGIC)] != _NPY_MAGIC:
-        raise InvalidInput(
-            "not an .npy payload (send base64 of np.save output; pickled data is never loaded)", field=field
-        )
-    try:
-        version = np.lib.format.read_magic(stream)
-        read_header: Callable[[io.BytesIO], tuple[tuple[int, ...], bool, np.dtype]] = {
-            (1, 0): np.lib.format.read_array_header_1_0,
-            (2, 0): np.lib.format.read_array_header_2_0,
-        }[version]
-        shape, fortran_order, dtype = read_header(stream)
-    except (KeyError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidInput(f"the .npy header is malformed ({describe(exc)})", field=field) from exc
-    if dtype.hasobject:
-        raise InvalidInput("object arrays are refused: pickled data is never loaded", field=field)
-    if dtype != np.uint8:
-        raise InvalidInput(f"the array's dtype is {dtype}; send uint8", field=field)
-    _check_array_shape(shape, limits, field)
-    count = int(np.prod(shape))
-    offset = stream.tell()
-    if len(raw) - offset != count:
-        raise InvalidInput(
-            f"the .npy payload holds {len(raw) - offset} data bytes, its header declares {count}", field=field
-        )
-    array = np.frombuffer(raw, dtype=np.uint8, count=count, offset=offset)
-    array = array.reshape(shape, order="F" if fortran_order else "C")
+    """The RGB pixels of `np.save` bytes of a uint8 image array, checked header-first by the one .npy reader."""
+    array = decode_npy(
+        raw,
+        field=field,
+        expected_shape=None,
+        dtypes=(np.uint8,),
+        check_shape=lambda shape: _check_array_shape(shape, limits, field),
+    )
     return array_to_rgb(array)
 
 

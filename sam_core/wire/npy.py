@@ -12,7 +12,7 @@ import io
 import math
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -40,8 +40,11 @@ def decode_npy(
     field: str,
     expected_shape: tuple[int, ...] | None,
     dtypes: Sequence[npt.DTypeLike] = FLOAT_DTYPES,
+    check_shape: Callable[[tuple[int, ...]], None] | None = None,
 ) -> np.ndarray:
     """Load `np.save` bytes sent by a client, refusing anything but a plain numeric array.
+
+    `check_shape` (e.g. an image's pixel limits) runs on the header's shape before any data is read.
 
     The header is read and checked (magic, version, dtype, shape, exact data length) before `np.load`
     allocates anything, so a tiny body cannot claim a huge array, and an object (pickled) array is refused
@@ -55,27 +58,24 @@ def decode_npy(
             truncated or trailing data, NaN or inf in a float array.
     """
     stream = io.BytesIO(raw)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, _fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, _fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise InvalidInput(f"unsupported .npy format version {version}", field=field)
-    except (ValueError, TypeError, SyntaxError, EOFError) as exc:
-        raise InvalidInput("not a .npy array (np.save bytes expected)", field=field) from exc
+    shape, dtype = _read_header(stream, field)
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise InvalidInput(f"dtype {dtype} refused: only plain numeric arrays are accepted", field=field)
+        raise InvalidInput(
+            f"dtype {dtype} refused: only plain numeric arrays are accepted (pickled data is never loaded)",
+            field=field,
+        )
     if not _dtype_allowed(dtype, dtypes):
         allowed = ", ".join(str(np.dtype(d)) for d in dtypes)
         raise InvalidInput(f"dtype {dtype} refused; expected one of {allowed}", field=field)
     if expected_shape is not None and tuple(shape) != tuple(expected_shape):
         raise InvalidInput(f"shape {tuple(shape)} refused; expected {tuple(expected_shape)}", field=field)
+    if check_shape is not None:
+        check_shape(tuple(shape))
     data_bytes = math.prod(shape) * dtype.itemsize
     if len(raw) - stream.tell() != data_bytes:
         raise InvalidInput(
-            f"array data is {len(raw) - stream.tell()} bytes; shape {tuple(shape)} of {dtype} needs {data_bytes}",
+            f"array data is {len(raw) - stream.tell()} bytes; its header declares shape {tuple(shape)} of {dtype}, "
+            f"which needs {data_bytes} bytes",
             field=field,
         )
     stream.seek(0)
@@ -87,6 +87,23 @@ def decode_npy(
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
         raise InvalidInput("array contains NaN or inf", field=field)
     return array
+
+
+def _read_header(stream: io.BytesIO, field: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The (shape, dtype) of an .npy header (format 1.0 or 2.0), the stream left at the data."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise InvalidInput(f"unsupported .npy format version {version}", field=field)
+    except (ValueError, TypeError, SyntaxError, EOFError) as exc:
+        raise InvalidInput(
+            "not a .npy array (np.save bytes expected; pickled data is never loaded)", field=field
+        ) from exc
+    return tuple(shape), dtype
 
 
 def decode_npy_base64(
