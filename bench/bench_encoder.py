@@ -106,6 +106,19 @@ def timed_embed(encoder: ImageEncoder, images: list[np.ndarray]) -> tuple[float,
     return time.perf_counter() - started, embeddings
 
 
+def selected_variants(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The variants that --compile and --only ask for (the fp32 baseline always)."""
+    variants = dict(VARIANTS)
+    if args.compile:
+        variants.update(COMPILE_VARIANTS)
+    if args.only:
+        unknown = set(args.only) - set(variants)
+        if unknown:
+            parser.error(f"unknown variants {sorted(unknown)}; known: {sorted(variants)}")
+        variants = {name: options for name, options in variants.items() if name == BASELINE or name in args.only}
+    return variants
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_tiny", choices=("vit_tiny", "vit_b", "vit_l", "vit_h"))
@@ -116,15 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.model == "vit_tiny" else 1)
     torch.set_num_threads(2)
-
-    variants = dict(VARIANTS)
-    if args.compile:
-        variants.update(COMPILE_VARIANTS)
-    if args.only:
-        unknown = set(args.only) - set(variants)
-        if unknown:
-            parser.error(f"unknown variants {sorted(unknown)}; known: {sorted(variants)}")
-        variants = {name: options for name, options in variants.items() if name == BASELINE or name in args.only}
+    variants = selected_variants(parser, args)
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(args.batch)]

@@ -72,7 +72,11 @@ def polygon_rasterio(mask: np.ndarray) -> list[list[float]]:
 
 def polygon_opencv_none(mask: np.ndarray) -> list[list[int]]:
     contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    return max(contours, key=cv2.contourArea).reshape(-1, 2).tolist() if contours else []
+    if not contours:
+        return []
+    # asarray (no copy): OpenCV's stubs type a contour int-or-float; it is an int32 (N, 1, 2) array.
+    polygon: list[list[int]] = np.asarray(max(contours, key=cv2.contourArea), np.int32).reshape(-1, 2).tolist()
+    return polygon
 
 
 def png_pil(mask: np.ndarray, level: int) -> bytes:
@@ -88,8 +92,16 @@ def png_cv2(mask: np.ndarray, level: int, bilevel: bool) -> bytes:
 
 def npz(compressed: bool, **arrays: np.ndarray) -> bytes:
     stream = io.BytesIO()
-    (np.savez_compressed if compressed else np.savez)(stream, **arrays)
+    # Callable[..., None]: numpy's stubs would match **arrays against savez's `allow_pickle: bool`.
+    save: Callable[..., None] = np.savez_compressed if compressed else np.savez
+    save(stream, **arrays)
     return stream.getvalue()
+
+
+def png_cv2_load(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None, "not a PNG"
+    return image > 0
 
 
 def npz_load(data: bytes) -> None:
@@ -146,7 +158,7 @@ def main() -> None:
         (
             "PNG cv2 1-bit Z_RLE, up filter (ours)",
             lambda: sam_masks.encode_png(mask),
-            lambda: cv2.imdecode(np.frombuffer(png_ours, np.uint8), cv2.IMREAD_UNCHANGED) > 0,
+            lambda: png_cv2_load(png_ours),
         ),
         ("PNG cv2 1-bit level 1", lambda: png_cv2(mask, 1, True), None),
         ("PNG cv2 1-bit level 9", lambda: png_cv2(mask, 9, True), None),
@@ -230,7 +242,8 @@ def table(
         size = len(encoded) if isinstance(encoded, (bytes, bytearray)) else len(json_size(encoded))
         if label == seed_label:
             seed_ms, seed_bytes = encode_ms, size
-        assert seed_ms is not None and seed_bytes is not None
+        assert seed_ms is not None
+        assert seed_bytes is not None
         decode_text = f"{decode_ms:10.2f}" if decode_ms is not None else f"{'-':>10}"
         print(
             f"{label:44} {encode_ms:10.2f} {decode_text} {size:12,d} "

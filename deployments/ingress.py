@@ -314,7 +314,7 @@ class SamIngress:
         checks: dict[str, Any] = {}
         try:
             checks["model_id"] = await self.model_id()
-        except Exception as exc:  # any failure to reach a decoder means not ready
+        except Exception as exc:  # noqa: BLE001 - any failure to reach a decoder means not ready
             checks["model_id"] = None
             checks["model_error"] = type(exc).__name__
         checks["cache"] = await self.cache.ping()

@@ -28,7 +28,8 @@ class ImageEmbedding:
 
     def __post_init__(self) -> None:
         assert self.embedding.shape == EMBEDDING_SHAPE, f"embedding shape {self.embedding.shape}"
-        assert len(self.original_size) == 2 and len(self.input_size) == 2, "sizes are (h, w)"
+        assert len(self.original_size) == 2, "sizes are (h, w)"
+        assert len(self.input_size) == 2, "sizes are (h, w)"
 
 
 @dataclass(frozen=True)

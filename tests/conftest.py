@@ -36,7 +36,8 @@ def rle_to_mask(rle: Mapping[str, Any]) -> np.ndarray:
 def png_to_mask(data: bytes) -> np.ndarray:
     """A mask PNG back to a (h, w) bool mask (nonzero is inside), by OpenCV."""
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    assert image is not None and image.ndim == 2, "not a greyscale PNG"
+    assert image is not None, "not a greyscale PNG"
+    assert image.ndim == 2, "not a greyscale PNG"
     return image > 0
 
 

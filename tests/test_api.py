@@ -256,7 +256,8 @@ def test_embed_image_binary_is_the_float32_npy_of_the_embedding(http: httpx.Clie
 
     assert response.headers["content-type"] == "application/octet-stream"
     served = np.load(io.BytesIO(response.content), allow_pickle=False)
-    assert served.dtype == np.float32 and served.shape == (1, 256, 64, 64)
+    assert served.dtype == np.float32
+    assert served.shape == (1, 256, 64, 64)
     expected = ImageEncoder(tiny_model.sam).embed(pixels).embedding
     # At the cache's storage precision (fp16, relative L2 ~3e-4), fresh or cached alike.
     assert np.array_equal(round_to_storage(served), served)
@@ -359,14 +360,18 @@ def test_json_response_has_one_polygon_per_mask_in_each_frame(
     assert set(body) == {"masks", "low_res_masks", "scores", "image_id", "time"}
     assert body["image_id"] == scene.image_id
     assert isinstance(body["time"], float)
-    assert len(body["scores"]) == 1 and isinstance(body["scores"][0], float)
+    assert len(body["scores"]) == 1
+    assert isinstance(body["scores"][0], float)
     (polygon,), (low_res_polygon,) = body["masks"], body["low_res_masks"]
     height, width = IMAGE_SHAPE
     for vertices, (frame_h, frame_w) in ((polygon, (height, width)), (low_res_polygon, (256, 256))):
         assert vertices, "expected a non-empty mask"
         assert all(len(v) == 2 and all(type(c) is int for c in v) for v in vertices)
         xs, ys = np.array(vertices).T
-        assert xs.min() >= 0 and xs.max() < frame_w and ys.min() >= 0 and ys.max() < frame_h
+        assert xs.min() >= 0
+        assert xs.max() < frame_w
+        assert ys.min() >= 0
+        assert ys.max() < frame_h
 
 
 def test_json_polygon_outlines_the_largest_part_of_the_mask(
@@ -453,8 +458,10 @@ def test_binary_format_is_an_npz_of_bool_masks_and_float32_low_res_logits(
     with np.load(io.BytesIO(response.content), allow_pickle=False) as archive:
         assert sorted(archive.files) == ["low_res_masks", "masks"]
         masks, low_res = archive["masks"], archive["low_res_masks"]
-    assert masks.dtype == np.bool_ and masks.shape == (1, *IMAGE_SHAPE)
-    assert low_res.dtype == np.float32 and low_res.shape == (1, 256, 256)
+    assert masks.dtype == np.bool_
+    assert masks.shape == (1, *IMAGE_SHAPE)
+    assert low_res.dtype == np.float32
+    assert low_res.shape == (1, 256, 256)
 
 
 @pytest.mark.parametrize("fmt", ["rle", "png"])
@@ -720,7 +727,8 @@ def test_handle_segment_json_equals_the_http_answer(
 
     result = handle_segment(serve_app, SegmentImageRequest(**body))
 
-    assert isinstance(result.body, dict) and result.media_type == "application/json"
+    assert isinstance(result.body, dict)
+    assert result.media_type == "application/json"
     assert result.body["masks"] == over_http["masks"]
     assert result.body["low_res_masks"] == over_http["low_res_masks"]
     assert result.body["image_id"] == scene.image_id
@@ -735,7 +743,8 @@ def test_handle_segment_binary_matches_the_predictor(
 
     result = handle_segment(serve_app, request)
 
-    assert isinstance(result.body, bytes) and result.media_type == "application/octet-stream"
+    assert isinstance(result.body, bytes)
+    assert result.media_type == "application/octet-stream"
     masks, low_res = npz_to_segment(result.body)
     assert low_res.shape == (1, 256, 256)
     assert iou(masks[0], expected_mask(scene.predictor, points, np.array([1]))) >= MIN_IOU_VS_PREDICTOR
@@ -749,7 +758,8 @@ def test_handle_segment_rle_decodes_to_the_binary_mask(
     rle = handle_segment(serve_app, SegmentImageRequest(**body, format="rle"))
     binary = handle_segment(serve_app, SegmentImageRequest(**body, format="binary"))
 
-    assert isinstance(rle.body, dict) and isinstance(binary.body, bytes)
+    assert isinstance(rle.body, dict)
+    assert isinstance(binary.body, bytes)
     assert np.array_equal(rle_to_mask(rle.body["masks"][0]), npz_to_segment(binary.body)[0][0])
 
 
@@ -762,7 +772,8 @@ def test_handle_embed_takes_an_ndarray_image(serve_app: ServeApp) -> None:
     assert result.response.image_id.startswith("sha256:")
     assert result.response.original_size == IMAGE_SHAPE
     assert result.response.cached is False
-    assert result.npy is not None and npy_to_embedding(result.npy).shape == (1, 256, 64, 64)
+    assert result.npy is not None
+    assert npy_to_embedding(result.npy).shape == (1, 256, 64, 64)
 
 
 def test_handle_raises_invalid_input_naming_the_field(serve_app: ServeApp, scene: Scene) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from ray import serve
+from ray.serve.schema import ReplicaState
 
 from sam_core.wire.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest
 from tests.conftest import ServeApp, second_app
@@ -31,7 +32,7 @@ AUTOSCALING = {
 
 def running_decoders() -> int:
     status = serve.status().applications[APP].deployments["SamDecoder"]
-    return int(status.replica_states.get("RUNNING", 0))
+    return int(status.replica_states.get(ReplicaState.RUNNING, 0))
 
 
 @pytest.fixture

@@ -174,7 +174,8 @@ def test_download_refuses_a_size_mismatch_naming_the_size_check(server: Checkpoi
     with pytest.raises(ChecksumMismatch, match="size check failed") as caught:
         _download(server, dest, size_bytes=wrong_size)
 
-    assert str(wrong_size) in str(caught.value) and str(len(server.payload)) in str(caught.value)
+    assert str(wrong_size) in str(caught.value)
+    assert str(len(server.payload)) in str(caught.value)
     assert not dest.exists()
     assert not _part(dest).exists()
 
@@ -298,7 +299,7 @@ def test_concurrent_resolves_download_once(server: CheckpointServer, tmp_path: P
     def resolve() -> None:
         try:
             results.append(_resolve_vit_b(server, tmp_path))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - a thread's error is otherwise lost; checked below
             errors.append(exc)
 
     threads = [threading.Thread(target=resolve) for _ in range(2)]
@@ -423,8 +424,10 @@ def test_registry_lists_the_official_checkpoints() -> None:
         assert info.model_type == model_type
         assert re.fullmatch(rf"sam_{model_type}_[0-9a-f]{{6}}\.pth", info.filename)
         assert info.url == f"https://dl.fbaipublicfiles.com/segment_anything/{info.filename}"
-        assert info.sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", info.sha256)
-        assert info.size_bytes is not None and info.size_bytes > 100_000_000
+        assert info.sha256 is not None
+        assert re.fullmatch(r"[0-9a-f]{64}", info.sha256)
+        assert info.size_bytes is not None
+        assert info.size_bytes > 100_000_000
         assert info.md5_prefix == info.filename[-10:-4]
 
 

@@ -157,7 +157,8 @@ def test_run_serves_with_a_private_redis_and_stops_cleanly(stop_signal: signal.S
         with SamClient(url, timeout=60.0) as sam:
             assert sam.embed_image(image, image_id=image_id).original_size == (240, 320)
             answer = sam.segment_image(image_id=image_id, point_coords=[[100.0, 80.0]], format="binary")
-        assert isinstance(answer, SegmentArrays) and answer.masks.shape == (1, 240, 320)
+        assert isinstance(answer, SegmentArrays)
+        assert answer.masks.shape == (1, 240, 320)
         # The metrics address it prints answers with the deployments' own metrics.
         metrics_line = re.search(r"Prometheus metrics at (\S+)", log.read_text())
         assert metrics_line is not None, log.read_text()[-4000:]

@@ -81,7 +81,8 @@ def test_embed_image_json_returns_metadata_then_reports_it_cached(client: SamCli
     assert first.image_id == image_id
     assert first.original_size == image.shape[:2]
     assert first.cached is False
-    assert again.cached is True and again.original_size == image.shape[:2]
+    assert again.cached is True
+    assert again.original_size == image.shape[:2]
 
 
 def test_embed_image_binary_returns_the_float32_embedding(client: SamClient, image: np.ndarray) -> None:
@@ -90,7 +91,8 @@ def test_embed_image_binary_returns_the_float32_embedding(client: SamClient, ima
     assert isinstance(embedding, np.ndarray)
     assert embedding.shape == EMBEDDING_SHAPE
     assert embedding.dtype == np.float32
-    assert np.isfinite(embedding).all() and embedding.std() > 0
+    assert np.isfinite(embedding).all()
+    assert embedding.std() > 0
 
 
 # ---- segment_image by image_id --------------------------------------------------------------------------
@@ -108,9 +110,11 @@ def test_segment_by_image_id_json_returns_one_polygon_inside_the_image(
     assert len(answer.masks) == len(answer.low_res_masks) == len(answer.scores) == 1
     height, width = image.shape[:2]
     for x, y in answer.masks[0]:
-        assert 0 <= x < width and 0 <= y < height
+        assert 0 <= x < width
+        assert 0 <= y < height
     for x, y in answer.low_res_masks[0]:
-        assert 0 <= x < LOW_RES[1] and 0 <= y < LOW_RES[0]
+        assert 0 <= x < LOW_RES[1]
+        assert 0 <= y < LOW_RES[0]
 
 
 def test_segment_binary_returns_bool_masks_and_float32_low_res_logits(
@@ -124,10 +128,14 @@ def test_segment_binary_returns_bool_masks_and_float32_low_res_logits(
     )
 
     assert isinstance(single, SegmentArrays)
-    assert single.masks.shape == (1, *image.shape[:2]) and single.masks.dtype == np.bool_
-    assert single.low_res_masks.shape == (1, *LOW_RES) and single.low_res_masks.dtype == np.float32
-    assert multi.masks.shape == (3, *image.shape[:2]) and multi.masks.dtype == np.bool_
-    assert multi.low_res_masks.shape == (3, *LOW_RES) and multi.low_res_masks.dtype == np.float32
+    assert single.masks.shape == (1, *image.shape[:2])
+    assert single.masks.dtype == np.bool_
+    assert single.low_res_masks.shape == (1, *LOW_RES)
+    assert single.low_res_masks.dtype == np.float32
+    assert multi.masks.shape == (3, *image.shape[:2])
+    assert multi.masks.dtype == np.bool_
+    assert multi.low_res_masks.shape == (3, *LOW_RES)
+    assert multi.low_res_masks.dtype == np.float32
 
 
 def test_segment_rle_and_png_decode_to_the_binary_masks(
@@ -154,7 +162,8 @@ def test_segment_box_alone_returns_a_mask(client: SamClient, image: np.ndarray) 
 
     answer = client.segment_image(image_id=image_id, box=[width * 0.2, height * 0.2, width * 0.7, height * 0.8])
 
-    assert len(answer.masks) == 1 and len(answer.scores) == 1
+    assert len(answer.masks) == 1
+    assert len(answer.scores) == 1
 
 
 def test_low_res_masks_of_a_binary_answer_feed_back_as_mask_input(
@@ -248,7 +257,8 @@ def test_non_sam_error_bodies_still_raise_sam_client_error() -> None:
 def test_healthz_and_readyz_report_a_ready_service(client: SamClient) -> None:
     assert client.healthz() == {"status": "ok"}
     ready = client.readyz()
-    assert ready["ready"] is True and ready["cache"] is True
+    assert ready["ready"] is True
+    assert ready["cache"] is True
     assert str(ready["model_id"]).startswith("vit_tiny-")
 
 
@@ -275,12 +285,19 @@ def test_async_client_embeds_segments_and_raises_like_the_sync_one(
 
     health, ready, metadata, embedding, polygons, arrays, error = asyncio.run(session())
 
-    assert health == {"status": "ok"} and isinstance(ready, dict) and ready["ready"] is True
-    assert isinstance(metadata, EmbedImageResponse) and metadata.original_size == image.shape[:2]
-    assert isinstance(embedding, np.ndarray) and embedding.shape == EMBEDDING_SHAPE
-    assert isinstance(polygons, SegmentImageResponse) and len(polygons.masks) == 1
-    assert isinstance(arrays, SegmentArrays) and arrays.masks.shape == (1, *image.shape[:2])
-    assert isinstance(error, SamClientError) and (error.status, error.field) == (404, "image_id")
+    assert health == {"status": "ok"}
+    assert isinstance(ready, dict)
+    assert ready["ready"] is True
+    assert isinstance(metadata, EmbedImageResponse)
+    assert metadata.original_size == image.shape[:2]
+    assert isinstance(embedding, np.ndarray)
+    assert embedding.shape == EMBEDDING_SHAPE
+    assert isinstance(polygons, SegmentImageResponse)
+    assert len(polygons.masks) == 1
+    assert isinstance(arrays, SegmentArrays)
+    assert arrays.masks.shape == (1, *image.shape[:2])
+    assert isinstance(error, SamClientError)
+    assert (error.status, error.field) == (404, "image_id")
 
 
 # ---- image inputs ---------------------------------------------------------------------------------------
@@ -370,8 +387,11 @@ def test_request_bodies_default_labels_to_foreground_and_send_a_box_without_padd
     clicks = _body(point_coords=np.array([[10.5, 20.0], [30, 40]]))
     box = _body(box=np.array([1, 2, 30, 40]))
 
-    assert clicks["point_coords"] == [[10.5, 20.0], [30.0, 40.0]] and clicks["point_labels"] == [1, 1]
-    assert box["point_coords"] == [] and box["point_labels"] == [] and box["box"] == [1, 2, 30, 40]
+    assert clicks["point_coords"] == [[10.5, 20.0], [30.0, 40.0]]
+    assert clicks["point_labels"] == [1, 1]
+    assert box["point_coords"] == []
+    assert box["point_labels"] == []
+    assert box["box"] == [1, 2, 30, 40]
 
 
 def test_request_bodies_send_arrays_as_binary_npy_and_set_has_mask_input() -> None:
@@ -380,11 +400,13 @@ def test_request_bodies_send_arrays_as_binary_npy_and_set_has_mask_input() -> No
     body = _body(point_coords=[[1, 1]], mask_input=low_res)
     cached = _body(point_coords=[[1, 1]], has_mask_input=True)
 
-    assert body["mask_input_format"] == "binary" and body["has_mask_input"] is True
+    assert body["mask_input_format"] == "binary"
+    assert body["has_mask_input"] is True
     sent = np.load(io.BytesIO(base64.b64decode(str(body["mask_input"]))), allow_pickle=False)
     assert sent.shape == (1, 1, *LOW_RES)
     np.testing.assert_array_equal(sent[0, 0], low_res)
-    assert cached["has_mask_input"] is True and "mask_input" not in cached
+    assert cached["has_mask_input"] is True
+    assert "mask_input" not in cached
 
 
 def test_the_client_imports_no_model_or_cluster_library() -> None:

@@ -129,7 +129,8 @@ def test_exported_decoder_is_reused_from_cache(tiny_model: LoadedModel, decoder_
     assert path.exists()
     before = path.stat().st_mtime_ns
     again = ensure_decoder_file(None, tiny_model.identity, decoder_dir, multimask=False, quantized=False)
-    assert again == path and path.stat().st_mtime_ns == before
+    assert again == path
+    assert path.stat().st_mtime_ns == before
 
 
 def test_sleeping_threads_give_the_same_masks_as_spinning_ones(

@@ -88,7 +88,8 @@ def test_batch_of_different_sizes_equals_one_at_a_time(tiny_model: LoadedModel) 
     for one, many in zip(single, batched, strict=True):
         scale = float(np.abs(one.embedding).max())
         assert float(np.abs(one.embedding - many.embedding).max()) <= 1e-4 * scale
-        assert one.original_size == many.original_size and one.input_size == many.input_size
+        assert one.original_size == many.original_size
+        assert one.input_size == many.input_size
 
 
 def test_reduced_precision_stays_close_to_fp32(tiny_model: LoadedModel) -> None:
@@ -230,7 +231,8 @@ def test_settings_pass_the_speed_options_to_the_encoder(
     from sam_core.model.attention import _sdpa_attention_forward
 
     attention = [m for m in encoder.image_encoder.modules() if isinstance(m, Attention)]
-    assert attention and all(getattr(m.forward, "__func__", None) is _sdpa_attention_forward for m in attention)
+    assert attention
+    assert all(getattr(m.forward, "__func__", None) is _sdpa_attention_forward for m in attention)
     shared = zip(encoder.image_encoder.parameters(), encoder.sam.image_encoder.parameters(), strict=True)
     assert all(fast is own for fast, own in shared)
     assert not encoder.channels_last

@@ -71,7 +71,8 @@ def test_redis_outage_fails_only_id_only_requests_fast_and_recovers(
     response = click(faults_app, image_id)
     elapsed = time.monotonic() - started
     assert response.status_code == 503, response.text
-    assert response.json()["field"] == "image_id" and "resend" in response.json()["reason"]
+    assert response.json()["field"] == "image_id"
+    assert "resend" in response.json()["reason"]
     assert elapsed < 4 * TIMEOUT_S + 2.0, f"503 took {elapsed:.1f} s"
     # A request that carries the image is still answered: the encoder embeds it again, the write just fails.
     assert click(faults_app, image_id, image).status_code == 200
@@ -94,7 +95,8 @@ def test_full_redis_evicts_old_embeddings_instead_of_failing(faults_app: httpx.C
 
     assert click(faults_app, ids[-1]).status_code == 200
     first = click(faults_app, ids[0])
-    assert first.status_code == 404 and first.json()["field"] == "image_id"
+    assert first.status_code == 404
+    assert first.json()["field"] == "image_id"
     with own_redis.client() as client:
         assert int(client.info("stats")["evicted_keys"]) > 0
 
@@ -117,7 +119,8 @@ def test_killed_encoder_and_decoder_are_replaced_and_no_embedding_is_lost(faults
     cached_id = f"kept-{uuid.uuid4()}"
     assert click(faults_app, cached_id, png_base64()).status_code == 200
     encoder, decoder = replica_actors(APP, "SamEncoder"), replica_actors(APP, "SamDecoder")
-    assert len(encoder) == 1 and len(decoder) == 1
+    assert len(encoder) == 1
+    assert len(decoder) == 1
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         in_flight = [pool.submit(click, faults_app, f"new-{uuid.uuid4()}", png_base64()) for _ in range(4)]
@@ -154,9 +157,11 @@ def test_without_redis_follow_ups_work_on_any_decoder_replica(serve_app: ServeAp
         embedded = http.post(
             "/sam/embed_image", json={"image": {"type": "base64", "value": png_base64()}, "image_id": image_id}
         )
-        assert embedded.status_code == 200 and not embedded.json()["cached"]
+        assert embedded.status_code == 200
+        assert not embedded.json()["cached"]
         again = http.post("/sam/embed_image", json={"image_id": image_id})
-        assert again.status_code == 200 and again.json()["cached"]
+        assert again.status_code == 200
+        assert again.json()["cached"]
         replicas = set()
         for _ in range(8):
             response = click(http, image_id)

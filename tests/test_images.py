@@ -384,7 +384,8 @@ def test_corrupted_images_raise_only_typed_input_errors(position: int, noise: by
         loaded = decode_image_bytes(data, limits())
     except InvalidInput:
         return
-    assert loaded.pixels.dtype == np.uint8 and loaded.pixels.shape[2] == 3
+    assert loaded.pixels.dtype == np.uint8
+    assert loaded.pixels.shape[2] == 3
 
 
 _FUZZ_SOURCES = [

@@ -108,7 +108,8 @@ def test_clicks_keep_their_speed_while_four_clients_upload_20_megapixel_photos(
             stdout=subprocess.PIPE,
             preexec_fn=lambda: os.nice(RAY_WORKER_NICENESS),
         )
-        assert uploaders.stdin is not None and uploaders.stdout is not None
+        assert uploaders.stdin is not None
+        assert uploaders.stdout is not None
         try:
             assert uploaders.stdout.readline().strip() == b"done"  # the uploads are in full swing
             loaded, loaded_stages = click_p50(http, image_id, rng)

@@ -7,7 +7,6 @@ import io
 import json
 import pickle
 import secrets
-from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -27,11 +26,11 @@ ODD_SHAPES = [(1, 1), (3, 7), (7, 3), (1, 50), (37, 91), (256, 256)]
 
 
 @pytest.fixture
-def rng() -> Iterator[np.random.Generator]:
+def rng() -> np.random.Generator:
     """Fresh random inputs each run; the seed is printed so a failure can be replayed."""
     seed = secrets.randbits(64)
     print(f"rng seed: {seed}")
-    yield np.random.default_rng(seed)
+    return np.random.default_rng(seed)
 
 
 def sample_masks(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -173,7 +172,8 @@ def test_float_vertices_are_rounded_to_the_nearest_pixel() -> None:
     assert np.argwhere(mask).max(axis=0).tolist() == [20, 20]
 
 
-BAD_POLYGONS = {
+# Deliberately ill-typed client JSON: any value at all.
+BAD_POLYGONS: dict[str, object] = {
     "not_a_list": "[[0, 0], [1, 1], [2, 0]]",
     "a_dict": {"points": [[0, 0], [1, 1], [2, 0]]},
     "null": None,
@@ -228,9 +228,10 @@ def test_polygons_to_mask_raises_nothing_but_invalid_input(polygons: object) -> 
     try:
         mask = masks.polygons_to_mask(polygons)
     except InvalidInput as exc:
-        assert exc.field == "mask_input"
+        assert exc.field == "mask_input"  # noqa: PT017 - one allowed outcome (no pytest.raises); `else` the other
     else:
-        assert mask.shape == (256, 256) and mask.dtype == np.bool_
+        assert mask.shape == (256, 256)
+        assert mask.dtype == np.bool_
 
 
 def test_mask_input_array_is_sams_float32_zero_one_input() -> None:
@@ -372,7 +373,8 @@ def test_big_endian_and_fortran_order_npy_load_as_native_c_arrays(rng: np.random
 
     decoded = sam_npy.decode_npy_base64(npy_base64(sent), field="mask_input", expected_shape=(1, 1, 256, 256))
 
-    assert decoded.dtype == np.dtype("=f4") and decoded.flags.c_contiguous
+    assert decoded.dtype == np.dtype("=f4")
+    assert decoded.flags.c_contiguous
     np.testing.assert_array_equal(decoded, logits.astype(np.float32))
 
 
@@ -390,7 +392,8 @@ def test_rle_is_json_ready_coco_rle(rng: np.random.Generator) -> None:
 
     rle = json.loads(json.dumps(masks.encode_rle(mask)))
 
-    assert rle["size"] == [120, 80] and isinstance(rle["counts"], str)
+    assert rle["size"] == [120, 80]
+    assert isinstance(rle["counts"], str)
     np.testing.assert_array_equal(coco_mask.decode({**rle, "counts": rle["counts"].encode()}), mask)
 
 

@@ -85,7 +85,7 @@ def test_requests_show_up_as_sam_metrics_on_the_ray_metrics_endpoint(http: httpx
     formats = ["json", "binary", "rle"]
     for index, fmt in enumerate(formats):
         point = [float(rng.integers(0, width)), float(rng.integers(0, height))]
-        body = {"image_id": image_id, "point_coords": [point], "point_labels": [1], "format": fmt}
+        body: dict[str, object] = {"image_id": image_id, "point_coords": [point], "point_labels": [1], "format": fmt}
         if index:  # later clicks refine the previous mask: the decoder reads its low-res logits
             body.update(has_mask_input=True, use_mask_input_cache=True)
         response = http.post(SEGMENT, json=body)
@@ -93,7 +93,8 @@ def test_requests_show_up_as_sam_metrics_on_the_ray_metrics_endpoint(http: httpx
     misspelt = http.post(SEGMENT, json={"image_id": image_id, "point_coords": [[1, 1]], "formt": "json"})
     assert misspelt.status_code == 422, misspelt.text
     unknown = http.post(SEGMENT, json={"image_id": f"never-embedded-{uuid.uuid4()}"})
-    assert unknown.status_code == 404 and unknown.json()["error"] == "CacheMiss", unknown.text
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["error"] == "CacheMiss", unknown.text
 
     # The app serves the whole test session: counts are at least what this test sent.
     expected = [

@@ -55,3 +55,31 @@ def test_a_second_bootstrap_installs_nothing() -> None:
     assert done.returncode == 0, done.stderr
     assert [os.stat(p).st_mtime_ns for p in (stamp, *installed)] == before  # pip did not run
     assert elapsed < 10, f"a bootstrap with nothing to do took {elapsed:.1f} s"
+
+
+def test_every_benchmark_module_imports() -> None:
+    """The benchmarks run by hand, not in the suite: at least each of their modules must import (a name that
+    moved in a restructuring would otherwise surface only when someone measures)."""
+    modules = sorted(path.stem for path in (REPO_ROOT / "bench").glob("*.py"))
+    assert {"report", "harness", "clicks", "model_runs"} <= set(modules)
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code, *modules],
+        cwd=REPO_ROOT / "bench",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_no_library_module_is_over_its_size_budget() -> None:
+    """Rooms that say what they hold: no module of the service grows past ~350 lines without a reason."""
+    sizes = {
+        path.relative_to(REPO_ROOT).as_posix(): len(path.read_text().splitlines())
+        for folder in ("sam_core", "deployments", "sam_cli", "bench")
+        for path in (REPO_ROOT / folder).rglob("*.py")
+    }
+    assert sizes, "no modules found"
+    assert {path: lines for path, lines in sizes.items() if lines > 370} == {}

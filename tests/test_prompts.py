@@ -26,7 +26,8 @@ def test_input_frame_transform_matches_segment_anything() -> None:
 def test_points_without_box_get_a_padding_row() -> None:
     prompt = build_prompt([[10, 20]], [1], (100, 200))
     coords, labels = onnx_prompt_inputs(prompt, (100, 200))
-    assert coords.shape == (1, 2, 2) and coords.dtype == np.float32
+    assert coords.shape == (1, 2, 2)
+    assert coords.dtype == np.float32
     np.testing.assert_array_equal(labels, [[1, -1]])
     np.testing.assert_allclose(coords[0, 1], [0, 0])
 
@@ -92,4 +93,5 @@ def test_a_mask_input_alone_is_a_prompt_of_only_the_padding_row() -> None:
 def test_no_point_no_box_and_no_mask_is_refused() -> None:
     with pytest.raises(InvalidInput) as raised:
         build_prompt([], [], (100, 200), has_mask_input=False)
-    assert raised.value.field == "point_coords" and "mask_input" in raised.value.reason
+    assert raised.value.field == "point_coords"
+    assert "mask_input" in raised.value.reason

@@ -88,8 +88,10 @@ def valid_prompts(draw: st.DrawFn) -> tuple[Prompt, tuple[int, int], int, int]:
 
 def assert_inside(coords: np.ndarray, size: tuple[int, int]) -> None:
     height, width = size
-    assert (coords[:, 0] >= -SLACK_PX).all() and (coords[:, 0] <= width + SLACK_PX).all(), coords
-    assert (coords[:, 1] >= -SLACK_PX).all() and (coords[:, 1] <= height + SLACK_PX).all(), coords
+    assert (coords[:, 0] >= -SLACK_PX).all(), coords
+    assert (coords[:, 0] <= width + SLACK_PX).all(), coords
+    assert (coords[:, 1] >= -SLACK_PX).all(), coords
+    assert (coords[:, 1] <= height + SLACK_PX).all(), coords
 
 
 # ---- build_prompt --------------------------------------------------------------------------------------
@@ -104,11 +106,13 @@ def test_build_prompt_refuses_only_with_invalid_input_and_otherwise_returns_a_co
     try:
         prompt = build_prompt(point_coords, point_labels, size, box=box)
     except InvalidInput as exc:
-        assert exc.field in {"point_coords", "point_labels", "box"}, exc
+        # PT017: refusing is one allowed outcome (no pytest.raises); the code below checks the other.
+        assert exc.field in {"point_coords", "point_labels", "box"}, exc  # noqa: PT017
         return
 
     n = len(prompt.point_labels)
-    assert prompt.point_coords.shape == (n, 2) and prompt.point_coords.dtype == np.float32
+    assert prompt.point_coords.shape == (n, 2)
+    assert prompt.point_coords.dtype == np.float32
     assert prompt.point_labels.shape == (n,)
     assert n <= MAX_POINTS
     assert np.isfinite(prompt.point_coords).all()
@@ -117,10 +121,12 @@ def test_build_prompt_refuses_only_with_invalid_input_and_otherwise_returns_a_co
     real = prompt.point_labels != -1
     assert_inside(prompt.point_coords[real], size)
     if prompt.box is not None:
-        assert prompt.box.shape == (4,) and prompt.box.dtype == np.float32
+        assert prompt.box.shape == (4,)
+        assert prompt.box.dtype == np.float32
         assert np.isfinite(prompt.box).all()
         # Not strict: x1 > x0 is checked in float64, and two close coordinates may meet in float32.
-        assert prompt.box[2] >= prompt.box[0] and prompt.box[3] >= prompt.box[1], prompt.box
+        assert prompt.box[2] >= prompt.box[0], prompt.box
+        assert prompt.box[3] >= prompt.box[1], prompt.box
         assert_inside(prompt.box.reshape(2, 2), size)
         assert real.all(), "padding rows are dropped when a box is given"
 
@@ -147,13 +153,15 @@ def test_onnx_prompt_inputs_have_one_row_per_point_plus_box_corners_or_padding(
     coords, labels = onnx_prompt_inputs(prompt, size)
 
     expected_rows = rows_sent - padding_rows + 2 if prompt.box is not None else rows_sent + 1
-    assert coords.dtype == np.float32 and labels.dtype == np.float32
+    assert coords.dtype == np.float32
+    assert labels.dtype == np.float32
     assert coords.shape == (1, expected_rows, 2)
     assert labels.shape == (1, expected_rows)
     if prompt.box is not None:
         assert labels[0, -2:].tolist() == [2.0, 3.0]
     else:
-        assert labels[0, -1] == -1.0 and coords[0, -1].tolist() == [0.0, 0.0]
+        assert labels[0, -1] == -1.0
+        assert coords[0, -1].tolist() == [0.0, 0.0]
 
     # Inside the resized image in the 1024 frame, with the half-pixel slack scaled into that frame.
     new_h, new_w = preprocess_shape(size)
@@ -161,8 +169,10 @@ def test_onnx_prompt_inputs_have_one_row_per_point_plus_box_corners_or_padding(
     slack_y = SLACK_PX * new_h / size[0]
     tolerance = 1e-3  # float32 rounding of values up to ~1024
     assert max(new_h, new_w) == INPUT_SIZE
-    assert (coords[0, :, 0] >= -slack_x - tolerance).all() and (coords[0, :, 0] <= new_w + slack_x + tolerance).all()
-    assert (coords[0, :, 1] >= -slack_y - tolerance).all() and (coords[0, :, 1] <= new_h + slack_y + tolerance).all()
+    assert (coords[0, :, 0] >= -slack_x - tolerance).all()
+    assert (coords[0, :, 0] <= new_w + slack_x + tolerance).all()
+    assert (coords[0, :, 1] >= -slack_y - tolerance).all()
+    assert (coords[0, :, 1] <= new_h + slack_y + tolerance).all()
 
 
 # ---- the 1024 input frame ------------------------------------------------------------------------------

@@ -106,7 +106,8 @@ def test_metadata_format_answers_without_the_embedding(http: httpx.Client) -> No
     again = post(http, EMBED, {"image_id": image_id, "format": "metadata"}).json()
 
     assert "embeddings" in body.json()
-    assert set(again) == {"image_id", "original_size", "cached", "time"} and again["cached"] is True
+    assert set(again) == {"image_id", "original_size", "cached", "time"}
+    assert again["cached"] is True
 
 
 # ---- 2. orig_im_size is an input like any other --------------------------------------------------------
@@ -151,7 +152,8 @@ def test_orig_im_size_at_the_pixel_limit_is_decoded(http: httpx.Client, client_e
     height, width = 5000, 10000  # exactly images.max_pixels (50 MP)
     body = {"embeddings": client_embedding, "embeddings_format": "binary", "orig_im_size": [height, width]}
     masks, low_res, _ = segment_answer(http, {**body, "point_coords": [[10, 10]], "point_labels": [1]})
-    assert masks.shape == (1, height, width) and low_res.shape == (1, 256, 256)
+    assert masks.shape == (1, height, width)
+    assert low_res.shape == (1, 256, 256)
 
 
 # ---- 3. polygon mask_input has bounds ------------------------------------------------------------------
@@ -294,14 +296,16 @@ def test_the_readmes_curl_example_works_with_a_real_size_photo(serve_app: ServeA
     embed_line, segment_line = done.stdout.decode().strip().splitlines()
     assert orjson.loads(embed_line)["original_size"] == [1600, 2400]
     segment = orjson.loads(segment_line)
-    assert len(segment["masks"]) == 1 and segment["image_id"] == "photo-1"
+    assert len(segment["masks"]) == 1
+    assert segment["image_id"] == "photo-1"
 
 
 def test_docs_work_offline_from_the_packages_own_assets(http: httpx.Client) -> None:
     page = http.get("/docs")
     assert page.status_code == 200
     scripts = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text)
-    assert scripts and all(url.startswith("/") for url in scripts), scripts  # nothing from a CDN
+    assert scripts
+    assert all(url.startswith("/") for url in scripts), scripts  # nothing from a CDN
     for url in scripts:
         assert http.get(url).status_code == 200, url
 

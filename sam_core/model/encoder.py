@@ -129,7 +129,7 @@ class ImageEncoder:
             results.extend(self._embed_chunk(images[start : start + self.max_batch_size]))
         return results
 
-    def embed(self, image: np.ndarray) -> ImageEmbedding:
+    def embed(self, image: np.ndarray | EncoderInput) -> ImageEmbedding:
         """Embed one image (a batch of one)."""
         return self.embed_batch([image])[0]
 

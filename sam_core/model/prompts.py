@@ -95,6 +95,42 @@ def _check_inside(coords: np.ndarray, original_size: tuple[int, int], field: str
         )
 
 
+def _labels(value: object) -> list[int]:
+    """A list of POINT_LABELS integers (integral floats accepted), or InvalidInput naming `point_labels`."""
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+        raise InvalidInput("must be a list of integers", field="point_labels")
+    labels: list[int] = []
+    for i, label in enumerate(value):
+        is_integral = isinstance(label, int) or (isinstance(label, float) and label.is_integer())
+        if isinstance(label, bool) or not is_integral or int(label) not in POINT_LABELS:
+            allowed = ", ".join(f"{k} ({v})" for k, v in POINT_LABELS.items())
+            raise InvalidInput(f"item {i} is {label!r}; labels are {allowed}", field="point_labels")
+        labels.append(int(label))
+    return labels
+
+
+def _box(value: object, original_size: tuple[int, int]) -> np.ndarray:
+    """[x0, y0, x1, y1] on the image with x1 > x0 and y1 > y0 as a (4,) float64 array, or InvalidInput
+    naming `box`."""
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str | bytes)
+        or len(value) != 4
+        or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in value)
+    ):
+        raise InvalidInput("must be [x0, y0, x1, y1] numbers", field="box")
+    try:
+        box = np.array([float(c) for c in value], dtype=np.float64)
+    except OverflowError:  # an integer beyond float range
+        raise InvalidInput("has a coordinate out of range", field="box") from None
+    if not np.isfinite(box).all():
+        raise InvalidInput("has a non-finite coordinate", field="box")
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise InvalidInput("needs x1 > x0 and y1 > y0 ([x0, y0, x1, y1])", field="box")
+    _check_inside(box.reshape(2, 2), original_size, "box")
+    return box
+
+
 def build_prompt(
     point_coords: object,
     point_labels: object,
@@ -121,15 +157,7 @@ def build_prompt(
     coords = _finite_pairs(point_coords, "point_coords")
     if len(coords) > max_points:
         raise InvalidInput(f"at most {max_points} points per prompt, got {len(coords)}", field="point_coords")
-    if not isinstance(point_labels, Sequence) or isinstance(point_labels, str | bytes):
-        raise InvalidInput("must be a list of integers", field="point_labels")
-    labels: list[int] = []
-    for i, label in enumerate(point_labels):
-        is_integral = isinstance(label, int) or (isinstance(label, float) and label.is_integer())
-        if isinstance(label, bool) or not is_integral or int(label) not in POINT_LABELS:
-            allowed = ", ".join(f"{k} ({v})" for k, v in POINT_LABELS.items())
-            raise InvalidInput(f"item {i} is {label!r}; labels are {allowed}", field="point_labels")
-        labels.append(int(label))
+    labels = _labels(point_labels)
     if len(labels) != len(coords):
         raise InvalidInput(
             f"{len(labels)} labels for {len(coords)} points: give one label per point", field="point_labels"
@@ -143,24 +171,7 @@ def build_prompt(
     _check_inside(coords, original_size, "point_coords")
     real = np.array(labels, dtype=np.int64) != -1
 
-    box_array: np.ndarray | None = None
-    if box is not None:
-        if (
-            not isinstance(box, Sequence)
-            or isinstance(box, str | bytes)
-            or len(box) != 4
-            or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in box)
-        ):
-            raise InvalidInput("must be [x0, y0, x1, y1] numbers", field="box")
-        try:
-            box_array = np.array([float(c) for c in box], dtype=np.float64)
-        except OverflowError:  # an integer beyond float range
-            raise InvalidInput("has a coordinate out of range", field="box") from None
-        if not np.isfinite(box_array).all():
-            raise InvalidInput("has a non-finite coordinate", field="box")
-        if box_array[2] <= box_array[0] or box_array[3] <= box_array[1]:
-            raise InvalidInput("needs x1 > x0 and y1 > y0 ([x0, y0, x1, y1])", field="box")
-        _check_inside(box_array.reshape(2, 2), original_size, "box")
+    box_array = None if box is None else _box(box, original_size)
     label_array = np.array(labels, dtype=np.int64)
     if box_array is not None:
         # SAM pads the prompt only when there is no box; padding rows sent with a box (the seed's default

@@ -1,0 +1,360 @@
+"""Cold requests, decoder and encoder options, output encodings, Redis bytes and encoder runs per session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (
+    CLICK,
+    HEIGHT,
+    SEGMENT,
+    STAGES,
+    WIDTH,
+    Bench,
+    Report,
+    Row,
+    image_base64,
+    median,
+    ms,
+    parse_server_timing,
+    sample_image,
+)
+
+
+def cold_request(bench: Bench, report: Report, model_type: str, repeats: int) -> None:
+    from segment_anything import SamPredictor
+
+    print(f"[3] cold request, {model_type}: {repeats} new images each side, encoder replica 2 CPUs", flush=True)
+    bench.deploy(model_type, decoders=1, decoder_threads=2)
+    predictor = SamPredictor(bench.load(model_type).sam)
+    click = np.array(CLICK)
+    served, reference, encoder_times = [], [], []
+    stages: list[dict[str, float]] = []
+    with httpx.Client(base_url=bench.base_url, timeout=600) as client:
+        for index in range(repeats + 1):  # the first pair warms both paths
+            pixels = sample_image(100 + index)
+            body = {
+                "image": {"type": "base64", "value": image_base64(pixels)},
+                "point_coords": CLICK,
+                "point_labels": [1],
+            }
+            started = time.perf_counter()
+            predictor.set_image(pixels)
+            predictor.predict(point_coords=click, point_labels=np.array([1]), multimask_output=True)
+            elapsed_reference = time.perf_counter() - started
+            started = time.perf_counter()
+            response = client.post(SEGMENT, json=body)
+            elapsed = time.perf_counter() - started
+            response.raise_for_status()
+            if index:
+                served.append(elapsed)
+                reference.append(elapsed_reference)
+                encoder_times.append(float(response.headers.get("X-Process-Time", "nan")))
+                stages.append(parse_server_timing(response.headers.get("Server-Timing", "")))
+    ratio = median(served) / median(reference)
+    report.add(
+        Row(
+            f"cold request over HTTP vs SamPredictor set_image+predict, {model_type}",
+            ms(median(served)),
+            ms(median(reference)),
+            ratio,
+            "<= 1.1",
+            ratio <= 1.1,
+            notes=[
+                f"ingress time {ms(median(encoder_times))} (Server-Timing p50: image decode "
+                f"{ms(median([t.get('image', 0.0) for t in stages]))}, encoder call "
+                f"{ms(median([t.get('encoder', 0.0) for t in stages]))}, decoder replica "
+                f"{ms(median([sum(t.get(k, 0.0) for k in STAGES) for t in stages]))}); "
+                "the rest is the PNG body over HTTP and the proxy",
+                "SamPredictor in-process: the same image as an array, no decode, no transfer, no polygons",
+            ],
+        )
+    )
+
+
+def decoder_options(bench: Bench, report: Report, clicks: int) -> None:
+    """int8 vs fp32 (time, mask IoU), single-mask vs multimask model, 2 threads vs 1: bare calls, alternated."""
+    from sam_core.model.decoder import OnnxDecoder
+    from sam_core.model.encoder import ImageEncoder
+    from sam_core.model.prompts import build_prompt
+
+    print(f"[d] decoder options: {clicks} clicks each, alternated", flush=True)
+    model = bench.load("vit_tiny")
+    embedding = ImageEncoder(model.sam).embed(sample_image())
+    cache = bench.work / "cache"
+    fp32 = OnnxDecoder.for_model(model.sam, model.identity, cache, threads=2)
+    int8 = OnnxDecoder.for_model(model.sam, model.identity, cache, threads=2, quantized=True)
+    one_thread = OnnxDecoder.for_model(model.sam, model.identity, cache, threads=1)
+    rng = np.random.default_rng(0)
+    times: dict[str, list[float]] = {"fp32": [], "int8": [], "multimask": [], "1 thread": []}
+    ious = []
+    for _ in range(clicks):
+        point = [[float(rng.uniform(0, WIDTH)), float(rng.uniform(0, HEIGHT))]]
+        prompt = build_prompt(point, [1], embedding.original_size)
+        outputs = {}
+        for name, decoder, multimask in (
+            ("fp32", fp32, False),
+            ("int8", int8, False),
+            ("multimask", fp32, True),
+            ("1 thread", one_thread, False),
+        ):
+            started = time.perf_counter()
+            outputs[name] = decoder.decode(embedding, prompt, multimask=multimask)
+            times[name].append(time.perf_counter() - started)
+        a, b = outputs["fp32"].masks[0], outputs["int8"].masks[0]
+        union = np.logical_or(a, b).sum()
+        ious.append(1.0 if union == 0 else float(np.logical_and(a, b).sum() / union))
+    p50 = {name: median(values) for name, values in times.items()}
+    report.add(
+        Row(
+            "decoder int8 (dynamic quantisation) vs fp32, one click, p50",
+            ms(p50["int8"]),
+            ms(p50["fp32"]),
+            p50["int8"] / p50["fp32"],
+            "IoU >= 0.98",
+            min(ious) >= 0.98,
+            notes=[f"binary-mask IoU vs fp32, {clicks} random clicks: min {min(ious):.3f}, mean {np.mean(ious):.3f}"],
+        )
+    )
+    for name, reference in (
+        ("decoder single-mask model vs multimask model (multimask_output false vs true)", "multimask"),
+        ("decoder 2 intra-op threads vs 1 (ONNX Runtime, a replica's CPUs)", "1 thread"),
+    ):
+        report.add(Row(name, ms(p50["fp32"]), ms(p50[reference]), p50["fp32"] / p50[reference]))
+
+
+def encoder_batching(bench: Bench, report: Report, model_type: str, batch: int, repeats: int) -> None:
+    import torch
+    from segment_anything import SamPredictor
+
+    from sam_core.service import configured_encoder
+
+    print(f"[4] encoder, {model_type}: batch of {batch} vs one at a time vs SamPredictor", flush=True)
+    model = bench.load(model_type)
+    defaults = bench.settings(model_type)  # the service's encoder options
+    encoder = configured_encoder(model, defaults, max_batch_size=batch)
+    predictor = SamPredictor(model.sam)
+    images = [sample_image(200 + i) for i in range(batch)]
+    encoder.embed(images[0])  # warm-up
+    batched, single, reference = [], [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for image in images:
+            predictor.set_image(image)
+        reference.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        encoder.embed_batch(images)
+        batched.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for image in images:
+            encoder.embed(image)
+        single.append(time.perf_counter() - started)
+    batched_rate, single_rate = batch / min(batched), batch / min(single)
+    reference_rate = batch / min(reference)
+    options = (
+        f"{defaults.encoder_dtype}, fused attention {defaults.encoder_fused_attention}, "
+        f"channels-last {defaults.encoder_channels_last}, compile {defaults.encoder_compile}"
+    )
+    report.add(
+        Row(
+            f"encoder images/s, {model_type}, batch {batch} vs 1 at a time ({model.device})",
+            f"{batched_rate:.3g}/s",
+            f"{single_rate:.3g}/s",
+            batched_rate / single_rate,
+            notes=[f"torch {torch.__version__}, {torch.get_num_threads()} threads; service options: {options}"],
+        )
+    )
+    best = max(batched_rate, single_rate)
+    report.add(
+        Row(
+            f"encoder images/s, {model_type}, service (best of batched/single) vs SamPredictor fp32 one at a time",
+            f"{best:.3g}/s",
+            f"{reference_rate:.3g}/s",
+            best / reference_rate,
+            ">= 4 (GPU)",
+            notes=["the issue's 4x target is for a GPU; none was lent, so this is the CPU figure"],
+        )
+    )
+
+
+def size_of(value: object) -> int:
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
+def encodings(report: Report, repeats: int) -> None:
+    from bench_masks import median_ms as timed_ms
+    from bench_masks import npz, sam_like_logits
+
+    from sam_core.wire import masks as sam_masks
+    from sam_core.wire import npy as sam_npy
+
+    print("[5] output encodings vs the seed's formats", flush=True)
+    rng = np.random.default_rng(0)
+    low_res, logits = sam_like_logits(rng)
+    mask = logits > 0
+    seed_ms, seed_value = timed_ms(lambda: npz(True, masks=logits[None], low_res_masks=low_res[None]), repeats)
+    seed_bytes = size_of(seed_value)
+    ours: list[tuple[str, Callable[[], object]]] = [
+        ("polygon json", lambda: sam_masks.mask_to_polygon(mask)),
+        ("COCO RLE json", lambda: sam_masks.encode_rle(mask)),
+        ("PNG 1-bit", lambda: sam_masks.encode_png(mask)),
+        ("binary npz (bool masks + logits)", lambda: sam_npy.segment_to_npz(mask[None], low_res[None])),
+    ]
+    for name, fn in ours:
+        took, value = timed_ms(fn, repeats)
+        nbytes = size_of(value)
+        report.add(
+            Row(
+                f"mask 1500x2250, {name} vs seed float npz_compressed: bytes",
+                f"{nbytes:,d} B",
+                f"{seed_bytes:,d} B",
+                nbytes / seed_bytes,
+                notes=[f"time {took:.2f} ms vs {seed_ms:.1f} ms = {took / seed_ms:.3g}x"],
+            )
+        )
+    embedding = (rng.standard_normal((1, 256, 64, 64)) * 0.1).astype(np.float32)
+    seed_json_ms, seed_json = timed_ms(
+        lambda: json.dumps(embedding.tolist(), separators=(",", ":")), max(1, repeats // 3)
+    )
+    seed_json_bytes = len(str(seed_json))
+    npy_ms, npy = timed_ms(lambda: sam_npy.embedding_to_npy(embedding), repeats)
+    report.add(
+        Row(
+            "embedding 1x256x64x64, .npy binary vs seed JSON list: bytes",
+            f"{size_of(npy):,d} B",
+            f"{seed_json_bytes:,d} B",
+            size_of(npy) / seed_json_bytes,
+            notes=[f"time {npy_ms:.2f} ms vs {seed_json_ms:.1f} ms (tolist + dumps) = {npy_ms / seed_json_ms:.3g}x"],
+        )
+    )
+
+
+def redis_bytes(bench: Bench, report: Report) -> None:
+    import redis
+
+    print("[6] Redis bytes per cached image", flush=True)
+    client = redis.Redis.from_url(bench.redis_url)
+    per_image: dict[str, int] = {}
+    for key in client.scan_iter(count=1000):
+        name = key.decode()
+        usage = client.memory_usage(key) or 0
+        # Keys are sam:{model}:{image hash}:{kind}; group an image's embedding and logits keys.
+        image = name.rsplit(":", 1)[0]
+        per_image[image] = per_image.get(image, 0) + int(usage)
+    if not per_image:
+        raise RuntimeError("no keys in the benchmark's Redis")
+    nbytes = int(median(list(per_image.values())))
+    float32 = 256 * 64 * 64 * 4
+    report.add(
+        Row(
+            "Redis bytes per cached image (embedding + logits) vs float32 embedding",
+            f"{nbytes:,d} B",
+            f"{float32:,d} B",
+            nbytes / float32,
+            notes=[f"median over {len(per_image)} images, MEMORY USAGE of each key"],
+        )
+    )
+
+
+def encoder_runs(bench: Bench, report: Report, clicks: int) -> None:
+    from ray import serve
+
+    from sam_core.cache import KINDS, MemoryEmbeddingCache, cache_key
+    from sam_core.model.encoder import ImageEncoder
+    from sam_core.service import DecoderService, EncoderService
+    from sam_core.wire.schemas import SegmentJob
+
+    print(f"[7] encoder runs per {clicks}-click session, 2 decoder replicas vs 2 per-process-cache workers", flush=True)
+    bench.deploy("vit_tiny", decoders=2, decoder_threads=1)
+    encoder = serve.get_deployment_handle("SamEncoder", app_name="sam")
+    before = encoder.stats.remote().result()["images_embedded"]
+    pixels = sample_image(300)
+    image = {"type": "base64", "value": image_base64(pixels)}
+    replicas = set()
+    import redis
+
+    redis_client = redis.Redis.from_url(bench.redis_url)
+    sent_before, counted = 0, 0
+    readers: set[str] = set()
+    with httpx.Client(base_url=bench.base_url, timeout=120) as client:
+        for index in range(clicks):
+            point = [[float(200 + 90 * index), float(300 + 40 * index)]]
+            # A real annotation client: the image on the first click, the id on the next ones.
+            body: dict[str, Any] = {"image_id": "session", "point_coords": point, "point_labels": [1]}
+            if index == 0:
+                body["image"] = image
+            response = client.post(SEGMENT, json=body)
+            response.raise_for_status()
+            replica = response.headers["X-Decoder-Replica"]
+            replicas.add(replica)
+            if index == 0:
+                continue  # the first click's embedding came inline from the encoder: nothing read from Redis
+            if len(readers) == 2:
+                counted += 1
+            readers.add(replica)
+            if len(readers) == 2 and not sent_before:  # from here on both replicas hold a local copy
+                sent_before = int(redis_client.info("stats")["total_net_output_bytes"])
+    served_runs = encoder.stats.remote().result()["images_embedded"] - before
+    sent_per_click = (int(redis_client.info("stats")["total_net_output_bytes"]) - sent_before) / max(1, counted)
+    model_id = encoder.model_id.remote().result()
+    full_read = sum(int(redis_client.strlen(cache_key(model_id, "session", kind))) for kind in KINDS)
+    report.add(
+        Row(
+            "Redis bytes sent per follow-up click (local copies + tag check) vs a full read of the entry",
+            f"{sent_per_click:,.0f} B",
+            f"{full_read:,d} B",
+            sent_per_click / full_read,
+            notes=[
+                f"Redis INFO total_net_output_bytes over the {counted} clicks after both replicas had answered "
+                "one; reference: STRLEN of the image's keys"
+            ],
+        )
+    )
+
+    # The seed's design: each worker process holds the model and its own in-process cache; a round-robin
+    # balancer spreads the session's clicks, and each request carries the image (so a worker that has not
+    # seen it embeds it). Our services with per-process memory caches play the two workers.
+    model = bench.load("vit_tiny")
+    workers = []
+    for _ in range(2):
+        cache = MemoryEmbeddingCache(max_bytes=1 << 30, ttl_s=3600)
+        decoder_service = DecoderService.from_settings(bench.settings("vit_tiny", redis_url=None), threads=1)
+        decoder_service.cache = cache
+        workers.append((EncoderService(ImageEncoder(model.sam), model.identity, cache, device="cpu"), decoder_service))
+    seed_runs = 0
+
+    async def seed_session() -> None:
+        nonlocal seed_runs
+        for index in range(clicks):
+            encoder_service, decoder_service = workers[index % 2]
+            job = SegmentJob(cache_key="session", point_coords=[[200.0 + 90 * index, 300.0]], point_labels=[1])
+            if await decoder_service.cache.get_embedding(model.identity.model_id, "session") is None:
+                embedding = encoder_service.embed_batch([pixels])[0]
+                seed_runs += 1
+                await encoder_service.store("session", embedding)
+            await decoder_service.segment(job)
+
+    asyncio.run(seed_session())
+    report.add(
+        Row(
+            f"encoder runs per {clicks}-click session, 2 decoder replicas vs per-process cache x 2 workers",
+            str(served_runs),
+            str(seed_runs),
+            served_runs / seed_runs,
+            notes=[f"decoder replicas that answered: {len(replicas)}"],
+        )
+    )
