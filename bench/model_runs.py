@@ -16,21 +16,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (
-    CLICK,
-    HEIGHT,
-    SEGMENT,
-    STAGES,
-    WIDTH,
-    Bench,
-    Report,
-    Row,
-    image_base64,
-    median,
-    ms,
-    parse_server_timing,
-    sample_image,
-)
+import harness
+from harness import Bench, Report, Row, median, ms, sample_image
 
 
 def cold_request(bench: Bench, report: Report, model_type: str, repeats: int) -> None:
@@ -39,15 +26,15 @@ def cold_request(bench: Bench, report: Report, model_type: str, repeats: int) ->
     print(f"[3] cold request, {model_type}: {repeats} new images each side, encoder replica 2 CPUs", flush=True)
     bench.deploy(model_type, decoders=1, decoder_threads=2)
     predictor = SamPredictor(bench.load(model_type).sam)
-    click = np.array(CLICK)
+    click = np.array(harness.CLICK)
     served, reference, encoder_times = [], [], []
     stages: list[dict[str, float]] = []
     with httpx.Client(base_url=bench.base_url, timeout=600) as client:
         for index in range(repeats + 1):  # the first pair warms both paths
             pixels = sample_image(100 + index)
             body = {
-                "image": {"type": "base64", "value": image_base64(pixels)},
-                "point_coords": CLICK,
+                "image": {"type": "base64", "value": harness.image_base64(pixels)},
+                "point_coords": harness.CLICK,
                 "point_labels": [1],
             }
             started = time.perf_counter()
@@ -55,14 +42,14 @@ def cold_request(bench: Bench, report: Report, model_type: str, repeats: int) ->
             predictor.predict(point_coords=click, point_labels=np.array([1]), multimask_output=True)
             elapsed_reference = time.perf_counter() - started
             started = time.perf_counter()
-            response = client.post(SEGMENT, json=body)
+            response = client.post(harness.SEGMENT, json=body)
             elapsed = time.perf_counter() - started
             response.raise_for_status()
             if index:
                 served.append(elapsed)
                 reference.append(elapsed_reference)
                 encoder_times.append(float(response.headers.get("X-Process-Time", "nan")))
-                stages.append(parse_server_timing(response.headers.get("Server-Timing", "")))
+                stages.append(harness.parse_server_timing(response.headers.get("Server-Timing", "")))
     ratio = median(served) / median(reference)
     report.add(
         Row(
@@ -76,7 +63,7 @@ def cold_request(bench: Bench, report: Report, model_type: str, repeats: int) ->
                 f"ingress time {ms(median(encoder_times))} (Server-Timing p50: image decode "
                 f"{ms(median([t.get('image', 0.0) for t in stages]))}, encoder call "
                 f"{ms(median([t.get('encoder', 0.0) for t in stages]))}, decoder replica "
-                f"{ms(median([sum(t.get(k, 0.0) for k in STAGES) for t in stages]))}); "
+                f"{ms(median([sum(t.get(k, 0.0) for k in harness.STAGES) for t in stages]))}); "
                 "the rest is the PNG body over HTTP and the proxy",
                 "SamPredictor in-process: the same image as an array, no decode, no transfer, no polygons",
             ],
@@ -101,7 +88,7 @@ def decoder_options(bench: Bench, report: Report, clicks: int) -> None:
     times: dict[str, list[float]] = {"fp32": [], "int8": [], "multimask": [], "1 thread": []}
     ious = []
     for _ in range(clicks):
-        point = [[float(rng.uniform(0, WIDTH)), float(rng.uniform(0, HEIGHT))]]
+        point = [[float(rng.uniform(0, harness.WIDTH)), float(rng.uniform(0, harness.HEIGHT))]]
         prompt = build_prompt(point, [1], embedding.original_size)
         outputs = {}
         for name, decoder, multimask in (
@@ -283,7 +270,7 @@ def encoder_runs(bench: Bench, report: Report, clicks: int) -> None:
     encoder = serve.get_deployment_handle("SamEncoder", app_name="sam")
     before = encoder.stats.remote().result()["images_embedded"]
     pixels = sample_image(300)
-    image = {"type": "base64", "value": image_base64(pixels)}
+    image = {"type": "base64", "value": harness.image_base64(pixels)}
     replicas = set()
     import redis
 
@@ -297,7 +284,7 @@ def encoder_runs(bench: Bench, report: Report, clicks: int) -> None:
             body: dict[str, Any] = {"image_id": "session", "point_coords": point, "point_labels": [1]}
             if index == 0:
                 body["image"] = image
-            response = client.post(SEGMENT, json=body)
+            response = client.post(harness.SEGMENT, json=body)
             response.raise_for_status()
             replica = response.headers["X-Decoder-Replica"]
             replicas.add(replica)

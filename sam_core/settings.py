@@ -129,17 +129,8 @@ class Settings(BaseSettings):
         return value
 
 
-def _env_first(
-    init_settings: PydanticBaseSettingsSource,
-    env_settings: PydanticBaseSettingsSource,
-    dotenv_settings: PydanticBaseSettingsSource,
-    file_secret_settings: PydanticBaseSettingsSource,
-) -> tuple[PydanticBaseSettingsSource, ...]:
-    return env_settings, init_settings, dotenv_settings, file_secret_settings
-
-
-class _EnvFirstImageLimits(ImageLimits):
-    """`ImageLimits` whose `SAM_IMAGE_*` variables win over the arguments given."""
+class _EnvFirst:
+    """Mixin for a settings class whose environment variables win over the arguments given."""
 
     @classmethod
     def settings_customise_sources(
@@ -150,24 +141,17 @@ class _EnvFirstImageLimits(ImageLimits):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _env_first(init_settings, env_settings, dotenv_settings, file_secret_settings)
+        return env_settings, init_settings, dotenv_settings, file_secret_settings
 
 
-class _EnvFirstSettings(Settings):
+class _EnvFirstImageLimits(_EnvFirst, ImageLimits):
+    """`ImageLimits` whose `SAM_IMAGE_*` variables win over the arguments given."""
+
+
+class _EnvFirstSettings(_EnvFirst, Settings):
     """`Settings` whose `SAM_*` variables win over the arguments given (`Settings.with_env_overrides`)."""
 
     images: _EnvFirstImageLimits = Field(default_factory=_EnvFirstImageLimits)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _env_first(init_settings, env_settings, dotenv_settings, file_secret_settings)
 
     @field_validator("images", mode="before")
     @classmethod

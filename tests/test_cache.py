@@ -13,21 +13,16 @@ import numpy as np
 import pytest
 
 from sam_core.cache import (
-    HEADER_BYTES,
     KINDS,
-    CorruptCacheEntryError,
     EmbeddingCache,
-    LocalEmbeddingCopies,
     LocallyCopiedCache,
     MemoryEmbeddingCache,
     RedisEmbeddingCache,
     cache_key,
-    decode_embedding,
-    decode_low_res_logits,
-    encode_embedding,
-    encode_low_res_logits,
+    codec,
     make_cache,
 )
+from sam_core.cache.local_copies import LocalEmbeddingCopies
 from sam_core.embedding import ImageEmbedding
 from sam_core.errors import CacheUnavailable
 from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
@@ -40,7 +35,7 @@ T = TypeVar("T")
 MODEL = "vit_b-01ec64d2"
 OTHER_MODEL = "vit_h-a7bf3b02"
 TIMEOUT_S = 0.5
-EMBEDDING_PAYLOAD_BYTES = HEADER_BYTES + 2 * int(np.prod(EMBEDDING_SHAPE))
+EMBEDDING_PAYLOAD_BYTES = codec.HEADER_BYTES + 2 * int(np.prod(EMBEDDING_SHAPE))
 
 
 class CacheFactory(Protocol):
@@ -106,13 +101,13 @@ def new_cache(request: pytest.FixtureRequest) -> CacheFactory:
 
 
 def test_encoded_embedding_is_header_plus_float16(rng: np.random.Generator) -> None:
-    assert len(encode_embedding(random_embedding(rng))) == EMBEDDING_PAYLOAD_BYTES
+    assert len(codec.encode_embedding(random_embedding(rng))) == EMBEDDING_PAYLOAD_BYTES
 
 
 def test_logits_beyond_float16_range_are_clipped_not_infinite() -> None:
     logits = np.zeros(MASK_INPUT_SHAPE, dtype=np.float32)
     logits[0, 0, 0, :2] = [1e6, -1e6]
-    restored = decode_low_res_logits(encode_low_res_logits(logits))
+    restored = codec.decode_low_res_logits(codec.encode_low_res_logits(logits))
     assert np.all(np.isfinite(restored))
     assert restored[0, 0, 0, 0] == 65504.0
     assert restored[0, 0, 0, 1] == -65504.0
@@ -131,13 +126,13 @@ def test_logits_beyond_float16_range_are_clipped_not_infinite() -> None:
 def test_decoding_malformed_bytes_raises_corrupt_cache_entry(
     rng: np.random.Generator, damage: Callable[[bytes], bytes]
 ) -> None:
-    with pytest.raises(CorruptCacheEntryError):
-        decode_embedding(damage(encode_embedding(random_embedding(rng))))
+    with pytest.raises(codec.CorruptCacheEntryError):
+        codec.decode_embedding(damage(codec.encode_embedding(random_embedding(rng))))
 
 
 def test_logits_bytes_do_not_decode_as_an_embedding(rng: np.random.Generator) -> None:
-    with pytest.raises(CorruptCacheEntryError, match="kind"):
-        decode_embedding(encode_low_res_logits(random_logits(rng)))
+    with pytest.raises(codec.CorruptCacheEntryError, match="kind"):
+        codec.decode_embedding(codec.encode_low_res_logits(random_logits(rng)))
 
 
 # ---- keys ------------------------------------------------------------------------------------------------
@@ -446,7 +441,7 @@ def test_malformed_bytes_under_a_key_are_a_miss(new_cache: CacheFactory, rng: np
     async def scenario() -> tuple[ImageEmbedding | None, ImageEmbedding | None, np.ndarray | None]:
         await cache._store(cache_key(MODEL, "img-1", "emb"), b"not an embedding")
         # Valid bytes of the wrong kind are just as unreadable.
-        await cache._store(cache_key(MODEL, "img-1", "lowres"), encode_embedding(random_embedding(rng)))
+        await cache._store(cache_key(MODEL, "img-1", "lowres"), codec.encode_embedding(random_embedding(rng)))
         embedding = await cache.get_embedding(MODEL, "img-1")
         both = await cache.get_all(MODEL, "img-1")
         await cache.close()
@@ -535,7 +530,7 @@ def test_memory_cache_evicts_the_least_recently_used_entry_by_bytes(rng: np.rand
 
 
 def test_memory_cache_evicts_as_many_entries_as_a_large_value_needs(rng: np.random.Generator) -> None:
-    small = len(encode_low_res_logits(random_logits(rng)))
+    small = len(codec.encode_low_res_logits(random_logits(rng)))
     cache = MemoryEmbeddingCache(max_bytes=EMBEDDING_PAYLOAD_BYTES + small, ttl_s=60)
 
     async def scenario() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from segment_anything import SamPredictor
 
-from sam_core.cache import decode_embedding, encode_embedding
+from sam_core.cache.codec import decode_embedding, encode_embedding
 from sam_core.embedding import ImageEmbedding
 from sam_core.errors import InvalidInput
 from sam_core.model.build import LoadedModel

@@ -16,7 +16,7 @@ import ray
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from sam_core.cache import HEADER_BYTES
+from sam_core.cache.codec import HEADER_BYTES
 from sam_core.frames import EMBEDDING_SHAPE
 from tests.conftest import APP_NAME, ServeApp
 

@@ -12,40 +12,23 @@ becomes `CacheUnavailable`, which the caller turns into a recompute or a 503 tha
 from __future__ import annotations
 
 from sam_core.cache.base import CacheReadObserver, EmbeddingCache
-from sam_core.cache.codec import (
-    HEADER_BYTES,
-    CorruptCacheEntryError,
-    decode_embedding,
-    decode_low_res_logits,
-    encode_embedding,
-    encode_low_res_logits,
-    write_tag,
-)
 from sam_core.cache.keys import KIND_EMBEDDING, KIND_LOW_RES_LOGITS, KINDS, cache_key, image_id_hash
-from sam_core.cache.local_copies import LocalEmbeddingCopies, LocallyCopiedCache
+from sam_core.cache.local_copies import LocallyCopiedCache
 from sam_core.cache.memory import MemoryEmbeddingCache
 from sam_core.cache.redis import RedisEmbeddingCache
 
 __all__ = [
-    "HEADER_BYTES",
     "KINDS",
     "KIND_EMBEDDING",
     "KIND_LOW_RES_LOGITS",
     "CacheReadObserver",
-    "CorruptCacheEntryError",
     "EmbeddingCache",
-    "LocalEmbeddingCopies",
     "LocallyCopiedCache",
     "MemoryEmbeddingCache",
     "RedisEmbeddingCache",
     "cache_key",
-    "decode_embedding",
-    "decode_low_res_logits",
-    "encode_embedding",
-    "encode_low_res_logits",
     "image_id_hash",
     "make_cache",
-    "write_tag",
 ]
 
 
