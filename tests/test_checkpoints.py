@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +21,7 @@ import pytest
 from sam_core.errors import CheckpointError, ChecksumMismatch, DownloadError
 from sam_core.model import verify
 from sam_core.model.checkpoints import resolve_checkpoint
-from sam_core.model.download import download_checkpoint
+from sam_core.model.download import download_checkpoint, exclusive_lock
 from sam_core.model.registry import OFFICIAL_CHECKPOINTS
 from sam_core.model.verify import sha256_file, verify_checkpoint
 
@@ -230,6 +234,43 @@ def test_download_gives_up_after_its_retries_keeping_only_the_part_file(
     assert len(server.range_headers) == 2
     assert not dest.exists()
     assert 0 < _part(dest).stat().st_size < len(server.payload), "kept for the next attempt to resume"
+
+
+def test_download_retries_wait_twice_as_long_each_time(
+    server: CheckpointServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.drops_left = 3
+    dest = tmp_path / "weights.pth"
+
+    with caplog.at_level(logging.WARNING, logger="sam_core.model.download"):
+        _download(server, dest, retries=3, retry_backoff_s=0.1)
+
+    waits = [float(m) for m in re.findall(r"retry \d/3 in ([0-9.]+)s", caplog.text)]
+    assert waits == [0.1, 0.2, 0.4]
+    assert dest.read_bytes() == server.payload
+
+
+def test_the_download_lock_holds_across_processes(tmp_path: Path) -> None:
+    """Another process (not only another thread) waits for the lock on the same file."""
+    dest = tmp_path / "weights.pth"
+    holder = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from sam_core.model.download import exclusive_lock\n"
+        "with exclusive_lock(Path(sys.argv[1])):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(1.0)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", holder, str(dest)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        with exclusive_lock(dest):
+            waited = time.monotonic() - started
+    finally:
+        process.wait(timeout=10)
+    assert waited > 0.5, f"the lock was taken after {waited:.2f} s while another process held it"
 
 
 def test_download_of_a_missing_url_raises_download_error(server: CheckpointServer, tmp_path: Path) -> None:
