@@ -14,7 +14,8 @@ then measures, alternating each measurement with its reference where both are ti
   4. encoder images/s, a batch vs one image at a time, on the device at hand;
   5. output encodings of a 1500x2250 mask and of a 1x256x64x64 embedding vs the seed's formats;
   6. Redis bytes per cached image vs a float32 embedding;
-  7. encoder runs per 20-click session over 2 decoder replicas vs a per-process cache with 2 workers.
+  7. encoder runs per 20-click session over 2 decoder replicas vs a per-process cache with 2 workers;
+  8. 50 boxes on one image as one request (`prompts`) vs 50 single requests and vs a bare decode loop.
 
 Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~6 min here; --quick ~2 min)
 """
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clicks import follow_up_latency, follow_up_throughput
 from harness import Bench, Report, redis_server
 from model_runs import cold_request, decoder_options, encoder_batching, encoder_runs, encodings, redis_bytes
+from prompts import many_boxes
 
 from sam_cli.local_redis import free_port
 
@@ -50,7 +52,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         type=lambda text: set(text.split(",")),
-        help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings",
+        help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts",
     )
     args = parser.parse_args()
 
@@ -87,6 +89,7 @@ def main() -> None:
                     lambda: None if args.quick else encoder_batching(bench, report, "vit_b", batch=2, repeats=1),
                 ),
                 ("encodings", lambda: encodings(report, repeats=5)),
+                ("prompts", lambda: many_boxes(bench, report, boxes=50, repeats=3)),
             ]
             for name, section in sections:
                 if not args.only or name in args.only:

@@ -30,7 +30,7 @@ from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, Overloade
 from sam_core.service import cache_from_settings
 from sam_core.settings import Settings
 from sam_core.wire.images import EncodedImage, encoder_input, read_image
-from sam_core.wire.jobs import client_embedding, explicit_mask_input, segment_job
+from sam_core.wire.jobs import client_embedding, explicit_mask_input, prompt_mask_inputs, segment_job
 from sam_core.wire.npy import embedding_to_npy
 from sam_core.wire.schemas import (
     EMBED_ROUTE,
@@ -40,6 +40,7 @@ from sam_core.wire.schemas import (
     SegmentImageRequest,
     SegmentImageResponse,
     SegmentJob,
+    SegmentPromptsResponse,
     SegmentResult,
 )
 
@@ -166,9 +167,7 @@ class SamIngress:
         """Masks for the request's prompt; the body is JSON-ready (json/rle/png) or npz bytes (binary)."""
         started = time.perf_counter()
         self._check_version(request.sam_version_id)
-        job = segment_job(request)
-        if request.mask_input is not None:
-            job.mask_input = await off_loop(explicit_mask_input, request)
+        job = await self._job(request)
         if request.embeddings is not None:
             job.embedding = await off_loop(client_embedding, request, self.settings.images)
             return self._finish(await self._decode(job), job, started, source="client")
@@ -195,6 +194,16 @@ class SamIngress:
                     "the embedding cache is unavailable: resend the request with the image", field="image_id"
                 ) from exc
         return await self._encode_and_decode(job, request, encoded, started, stages)
+
+    @staticmethod
+    async def _job(request: SegmentImageRequest) -> SegmentJob:
+        """The request's decoder job, its mask inputs decoded off the loop."""
+        job = segment_job(request)
+        if request.mask_input is not None:
+            job.mask_input = await off_loop(explicit_mask_input, request)
+        if request.prompts is not None and any(prompt.mask_input is not None for prompt in request.prompts):
+            await off_loop(prompt_mask_inputs, request, job)
+        return job
 
     async def _encode_and_decode(
         self,
@@ -279,7 +288,7 @@ class SamIngress:
     @api.post(
         SEGMENT_ROUTE,
         responses={
-            200: {"model": SegmentImageResponse, "content": {"application/octet-stream": {}}},
+            200: {"model": SegmentImageResponse | SegmentPromptsResponse, "content": {"application/octet-stream": {}}},
             **ERROR_RESPONSES,
         },
     )

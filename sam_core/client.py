@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, overload
 
 import httpx
@@ -37,8 +38,10 @@ from sam_core.wire.calls import (
     embed_request_body,
     json_object,
     parse_embed_response,
+    parse_prompts_response,
     parse_readiness,
     parse_segment_response,
+    prompts_request_body,
     raise_for_error,
     segment_request_body,
 )
@@ -47,6 +50,7 @@ from sam_core.wire.schemas import (
     SEGMENT_ROUTE,
     EmbedImageResponse,
     SegmentImageResponse,
+    SegmentPromptsResponse,
 )
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -211,6 +215,25 @@ class SamClient:
         )
         return parse_segment_response(self._http.post(SEGMENT_ROUTE, json=body), format)
 
+    def segment_prompts(
+        self, prompts: Sequence[Mapping[str, Any]], *, format: str = "json", **image: Any
+    ) -> SegmentPromptsResponse | SegmentArrays:
+        """Masks for several prompts on one image in one request, answered in order.
+
+        Args:
+            prompts: mappings with `point_coords`, `point_labels`, `box` and/or `mask_input`, each as the
+                argument of the same name of `segment_image` (at most 256 prompts).
+            format: json, rle, png or binary, as for `segment_image`.
+            image: the image's source, as for `segment_image`: `image`, `image_id`, or `embeddings` with
+                `orig_im_size`; and `multimask_output`, which applies to every prompt.
+
+        Returns:
+            SegmentPromptsResponse (`results`, one per prompt) for json/rle/png; for binary, SegmentArrays with
+            masks (P, M, H, W), low_res_masks (P, M, 256, 256) and scores (P, M).
+        """
+        body = prompts_request_body(prompts, format=format, **image)
+        return parse_prompts_response(self._http.post(SEGMENT_ROUTE, json=body), format)
+
     def healthz(self) -> dict[str, Any]:
         """GET /healthz: `{"status": "ok"}` while the ingress answers."""
         return json_object(self._http.get("/healthz"))
@@ -329,6 +352,13 @@ class AsyncSamClient:
         else:
             body = await asyncio.to_thread(lambda: segment_request_body(**fields))
         return parse_segment_response(await self._http.post(SEGMENT_ROUTE, json=body), format)
+
+    async def segment_prompts(
+        self, prompts: Sequence[Mapping[str, Any]], *, format: str = "json", **image: Any
+    ) -> SegmentPromptsResponse | SegmentArrays:
+        """See `SamClient.segment_prompts`."""
+        body = await asyncio.to_thread(lambda: prompts_request_body(prompts, format=format, **image))
+        return parse_prompts_response(await self._http.post(SEGMENT_ROUTE, json=body), format)
 
     async def healthz(self) -> dict[str, Any]:
         """See `SamClient.healthz`."""

@@ -19,15 +19,16 @@ import numpy as np
 
 from sam_core.cache import EmbeddingCache, LocallyCopiedCache, image_id_hash, make_cache
 from sam_core.embedding import EncoderInput, ImageEmbedding, round_to_storage
-from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput
-from sam_core.frames import MASK_INPUT_SHAPE
+from sam_core.errors import CacheMiss, CacheUnavailable, ImageTooLarge, InvalidInput
+from sam_core.frames import LOW_RES_SHAPE, MASK_INPUT_SHAPE
 from sam_core.model.build import LoadedModel, ModelIdentity, load_model
 from sam_core.model.checkpoints import resolve_checkpoint
 from sam_core.model.decoder import DecoderOutput, OnnxDecoder, decoder_filename
 from sam_core.model.encoder import DEFAULT_MAX_BATCH_SIZE, ImageEncoder
-from sam_core.model.prompts import build_prompt
+from sam_core.model.prompts import Prompt, build_prompt
 from sam_core.settings import ImageLimits, Settings
 from sam_core.wire.image_checks import check_image_size
+from sam_core.wire.npy import segment_to_npz
 from sam_core.wire.responses import encode_masks
 from sam_core.wire.schemas import SegmentJob, SegmentResult
 
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
     from segment_anything.modeling import Sam
 
 log = logging.getLogger(__name__)
+
+MAX_BINARY_MASK_BYTES = 512 * 1024 * 1024
+"""Most bool-mask bytes a binary several-prompts answer may hold (P x M x H x W): 100 boxes on a 2 MP image
+fit; more is a 413 that asks for a json format, which encodes each prompt as it is decoded."""
 
 
 def cache_from_settings(settings: Settings) -> EmbeddingCache:
@@ -222,6 +227,69 @@ class DecoderService:
         )
         return self.decoder.decode(embedding, prompt, mask_input=mask_input, multimask=job.multimask_output)
 
+    def prompts(self, embedding: ImageEmbedding, job: SegmentJob) -> list[tuple[Prompt, np.ndarray | None]]:
+        """Each of the job's `prompts` validated against the image (all before any is decoded); errors name
+        the prompt, e.g. `prompts.3.box`."""
+        assert job.prompts is not None, "a job with several prompts"
+        check_image_size(embedding.original_size, self.limits, field="orig_im_size")
+        checked = []
+        for index, item in enumerate(job.prompts):
+            try:
+                prompt = build_prompt(
+                    item.point_coords,
+                    item.point_labels,
+                    embedding.original_size,
+                    box=item.box,
+                    has_mask_input=item.mask_input is not None,
+                )
+            except InvalidInput as exc:
+                raise InvalidInput(exc.reason, field=f"prompts.{index}.{exc.field}") from None
+            checked.append((prompt, item.mask_input))
+        return checked
+
+    def _decode_prompts_and_encode(
+        self, embedding: ImageEmbedding, job: SegmentJob
+    ) -> tuple[tuple[dict[str, Any] | bytes, str], float, float]:
+        """All of a job's prompts in order, each decoded then encoded at once, so that only one prompt's
+        full-size masks are held at a time (binary answers keep the bool masks they return)."""
+        prompts = self.prompts(embedding, job)
+        per_prompt = 3 if job.multimask_output else 1
+        height, width = embedding.original_size
+        binary = job.format == "binary"
+        if binary and len(prompts) * per_prompt * height * width > MAX_BINARY_MASK_BYTES:
+            raise ImageTooLarge(
+                f"{len(prompts)} prompts x {per_prompt} masks of {width}x{height} are over "
+                f"{MAX_BINARY_MASK_BYTES} bytes of bool masks: ask for json, rle or png, or send fewer prompts",
+                field="prompts",
+            )
+        masks = np.zeros((len(prompts), per_prompt, height, width), dtype=bool) if binary else None
+        low_res = np.zeros((len(prompts), per_prompt, *LOW_RES_SHAPE), dtype=np.float32)
+        scores = np.zeros((len(prompts), per_prompt), dtype=np.float32)
+        results: list[dict[str, Any]] = []
+        decode_s = encode_s = 0.0
+        for index, (prompt, mask_input) in enumerate(prompts):
+            started = time.perf_counter()
+            output = self.decoder.decode(embedding, prompt, mask_input=mask_input, multimask=job.multimask_output)
+            decoded = time.perf_counter()
+            low_res[index], scores[index] = output.low_res_logits, output.iou_scores
+            if masks is not None:
+                masks[index] = output.masks
+            else:
+                encoded, _ = encode_masks(output.masks, output.low_res_logits, output.iou_scores, job.format)
+                assert isinstance(encoded, dict), "json formats encode to a dict"
+                results.append(encoded)
+            decode_s += decoded - started
+            encode_s += time.perf_counter() - decoded
+        started = time.perf_counter()
+        if masks is not None:
+            body: tuple[dict[str, Any] | bytes, str] = (
+                segment_to_npz(masks, low_res, scores),
+                "application/octet-stream",
+            )
+        else:
+            body = {"results": results}, "application/json"
+        return body, decode_s, encode_s + time.perf_counter() - started
+
     async def remember(self, job: SegmentJob, output: DecoderOutput) -> None:
         """Cache the best mask's low-res logits for the next click's `use_mask_input_cache`."""
         if job.cache_key is None:
@@ -248,12 +316,20 @@ class DecoderService:
         started = time.perf_counter()
         embedding, mask_input = await self.load_inputs(job)
         loaded = time.perf_counter()
-        # Decode and encode in one hop to the worker thread: each hop costs a thread wake-up.
-        output, (body, media_type), decode_s, encode_s = await loop.run_in_executor(
-            executor, self._decode_and_encode, embedding, job, mask_input
-        )
-        stored = time.perf_counter()
-        await self.remember(job, output)
+        if job.prompts is not None:
+            # Several prompts: one hop to the worker thread for all of them; the cached logits are a
+            # single-prompt feature (neither read nor written).
+            (body, media_type), decode_s, encode_s = await loop.run_in_executor(
+                executor, self._decode_prompts_and_encode, embedding, job
+            )
+            stored = time.perf_counter()
+        else:
+            # Decode and encode in one hop to the worker thread: each hop costs a thread wake-up.
+            output, (body, media_type), decode_s, encode_s = await loop.run_in_executor(
+                executor, self._decode_and_encode, embedding, job, mask_input
+            )
+            stored = time.perf_counter()
+            await self.remember(job, output)
         timings = {
             "load_s": loaded - started,
             "decode_s": decode_s,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -17,13 +18,14 @@ import numpy as np
 
 from sam_core.errors import InvalidInput
 from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
-from sam_core.wire.npy import npy_to_embedding, npz_to_segment
+from sam_core.wire.npy import npy_to_embedding, npz_to_prompts, npz_to_segment
 from sam_core.wire.schemas import (
     EmbedImageRequest,
     EmbedImageResponse,
     ImagePayload,
     SegmentImageRequest,
     SegmentImageResponse,
+    SegmentPromptsResponse,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +73,8 @@ class SegmentArrays:
 
     masks: np.ndarray
     low_res_masks: np.ndarray
+    scores: np.ndarray | None = None
+    """(P, M) predicted IoU of an answer to several prompts (then masks are (P, M, H, W)); None for one."""
 
 
 def _plain(value: Any) -> Any:
@@ -157,30 +161,24 @@ def segment_request_body(
     embeddings: Any,
     orig_im_size: Any,
     format: str,
+    prompts: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The JSON body of POST /sam/segment_image, validated by `SegmentImageRequest` (see `segment_image`)."""
+    """The JSON body of POST /sam/segment_image, validated by `SegmentImageRequest` (see `segment_image`).
+
+    With `prompts` (see `SamClient.segment_prompts`) the single-prompt arguments must be left unset.
+    """
     fields: dict[str, Any] = {
         "image": None if image is None else image_payload(image),
         "image_id": image_id,
-        "box": _plain(box),
         "multimask_output": multimask_output,
-        "use_mask_input_cache": use_mask_input_cache,
-        "has_mask_input": mask_input is not None if has_mask_input is None else has_mask_input,
         "format": format,
     }
-    if point_coords is not None:
-        coords = _plain(point_coords)
-        fields["point_coords"] = coords
-        fields["point_labels"] = [1] * len(coords) if point_labels is None else _plain(point_labels)
-    elif box is not None:
-        # A box alone: no (0, 0)/-1 padding row, so SAM sees just the two corners (as SamPredictor does).
-        fields["point_coords"], fields["point_labels"] = [], []
-    elif point_labels is not None:
-        fields["point_labels"] = _plain(point_labels)
-    if isinstance(mask_input, np.ndarray):
-        fields["mask_input"], fields["mask_input_format"] = _npy_base64(_mask_input_array(mask_input)), "binary"
-    elif mask_input is not None:
-        fields["mask_input"], fields["mask_input_format"] = _plain(mask_input), "json"
+    if prompts is not None:
+        fields["prompts"] = [_prompt_fields(**prompt) for prompt in prompts]
+    else:
+        fields.update(_prompt_fields(point_coords, point_labels, box, mask_input))
+        fields["use_mask_input_cache"] = use_mask_input_cache
+        fields["has_mask_input"] = mask_input is not None if has_mask_input is None else has_mask_input
     if isinstance(embeddings, np.ndarray):
         array = np.asarray(embeddings, dtype=np.float32)
         if array.size == int(np.prod(EMBEDDING_SHAPE)):
@@ -191,7 +189,47 @@ def segment_request_body(
     if orig_im_size is not None:
         fields["orig_im_size"] = _plain(orig_im_size)
     request = SegmentImageRequest(**{name: value for name, value in fields.items() if value is not None})
-    return request.model_dump(mode="json", exclude_none=True)
+    # With prompts, only what was given: the single-prompt defaults must not reach the server as if sent.
+    return request.model_dump(mode="json", exclude_none=True, exclude_unset=prompts is not None)
+
+
+def prompts_request_body(
+    prompts: Sequence[Mapping[str, Any]],
+    *,
+    image: ImageLike | None = None,
+    image_id: str | None = None,
+    multimask_output: bool = False,
+    embeddings: Any = None,
+    orig_im_size: Any = None,
+    format: str = "json",
+) -> dict[str, Any]:
+    """The JSON body of a several-prompts POST /sam/segment_image (see `SamClient.segment_prompts`)."""
+    return segment_request_body(
+        image=image, image_id=image_id, point_coords=None, point_labels=None, box=None,
+        multimask_output=multimask_output, mask_input=None, use_mask_input_cache=False, has_mask_input=None,
+        embeddings=embeddings, orig_im_size=orig_im_size, format=format, prompts=prompts,
+    )  # fmt: skip
+
+
+def _prompt_fields(
+    point_coords: Any = None, point_labels: Any = None, box: Any = None, mask_input: Any = None
+) -> dict[str, Any]:
+    """One prompt's fields: labels default to all foreground; a box alone gets empty point lists (no (0, 0)/-1
+    padding row, so SAM sees just the two corners, as SamPredictor does); an array mask input goes as binary."""
+    fields: dict[str, Any] = {"box": _plain(box)}
+    if point_coords is not None:
+        coords = _plain(point_coords)
+        fields["point_coords"] = coords
+        fields["point_labels"] = [1] * len(coords) if point_labels is None else _plain(point_labels)
+    elif box is not None:
+        fields["point_coords"], fields["point_labels"] = [], []
+    elif point_labels is not None:
+        fields["point_labels"] = _plain(point_labels)
+    if isinstance(mask_input, np.ndarray):
+        fields["mask_input"], fields["mask_input_format"] = _npy_base64(_mask_input_array(mask_input)), "binary"
+    elif mask_input is not None:
+        fields["mask_input"], fields["mask_input_format"] = _plain(mask_input), "json"
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _reason_phrase(status: int) -> str:
@@ -240,6 +278,18 @@ def parse_segment_response(response: httpx.Response, format: str) -> SegmentImag
             masks, low_res_masks = npz_to_segment(response.content, field="response")
             return SegmentArrays(masks=masks, low_res_masks=low_res_masks)
         return SegmentImageResponse.model_validate(response.json())
+    except (InvalidInput, ValueError) as exc:
+        raise _invalid_response(response, exc) from exc
+
+
+def parse_prompts_response(response: httpx.Response, format: str) -> SegmentPromptsResponse | SegmentArrays:
+    """A several-prompts answer: `results` in order (json/rle/png), or (P, M, ...) arrays with scores (binary)."""
+    raise_for_error(response)
+    try:
+        if format == "binary":
+            masks, low_res_masks, scores = npz_to_prompts(response.content, field="response")
+            return SegmentArrays(masks=masks, low_res_masks=low_res_masks, scores=scores)
+        return SegmentPromptsResponse.model_validate(response.json())
     except (InvalidInput, ValueError) as exc:
         raise _invalid_response(response, exc) from exc
 

@@ -165,24 +165,28 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return stream.getvalue()
 
 
-def segment_to_npz(masks: np.ndarray, low_res_masks: np.ndarray) -> bytes:
-    """The seed's binary `segment_image` body: an .npz with arrays `masks` and `low_res_masks`.
+def segment_to_npz(masks: np.ndarray, low_res_masks: np.ndarray, scores: np.ndarray | None = None) -> bytes:
+    """The seed's binary `segment_image` body: an .npz with arrays `masks` and `low_res_masks` (and `scores`).
 
     Args:
-        masks: (N, H, W) masks at original-image pixels, bool (or float logits, thresholded at 0 here). Stored
-            as **bool**: the seed stored float32 logits; `np.load(body)["masks"]` still works and `> 0` on it
-            still gives the mask.
-        low_res_masks: (N, 256, 256) float32 logits in the low-res frame, kept as logits because clients
-            send them back as binary `mask_input`.
+        masks: (N, H, W) masks at original-image pixels, bool (or float logits, thresholded at 0 here); for a
+            request with several prompts (P, M, H, W). Stored as **bool**: the seed stored float32 logits;
+            `np.load(body)["masks"]` still works and `> 0` on it still gives the mask.
+        low_res_masks: (..., 256, 256) float32 logits in the low-res frame, one per mask, kept as logits
+            because clients send them back as binary `mask_input`.
+        scores: (P, M) predicted IoU, written as `scores` (the several-prompts answer); None: not written.
 
     The container is what `np.savez` writes (a zip of .npy members), but each member gets the compression
     that pays: the bool mask is deflated at zlib level 1 (it shrinks ~100x), the logits are stored (deflate
     would save ~10 % of them at twice the time). `bench/bench_masks.py` compares it with the seed's body,
     `np.savez` and `np.savez_compressed`; the README has the figures.
     """
-    assert masks.ndim == 3, f"masks must be (N, H, W), got {masks.shape}"
-    assert low_res_masks.shape == (masks.shape[0], *LOW_RES_SHAPE), (
-        f"low_res_masks must be (N, 256, 256), got {low_res_masks.shape}"
+    assert masks.ndim >= 3, f"masks must be (N, H, W) or (P, M, H, W), got {masks.shape}"
+    assert low_res_masks.shape == (*masks.shape[:-2], *LOW_RES_SHAPE), (
+        f"low_res_masks must be {(*masks.shape[:-2], *LOW_RES_SHAPE)}, got {low_res_masks.shape}"
+    )
+    assert scores is None or scores.shape == masks.shape[:-2], (
+        f"scores shape {None if scores is None else scores.shape}"
     )
     masks_bool = np.asarray(masks) > 0 if np.issubdtype(masks.dtype, np.floating) else np.asarray(masks) != 0
     stream = io.BytesIO()
@@ -193,6 +197,8 @@ def segment_to_npz(masks: np.ndarray, low_res_masks: np.ndarray) -> bytes:
             _npy_bytes(np.asarray(low_res_masks, dtype=np.float32)),
             compress_type=zipfile.ZIP_STORED,
         )
+        if scores is not None:
+            archive.writestr("scores.npy", _npy_bytes(np.asarray(scores, dtype=np.float32)))
     return stream.getvalue()
 
 
@@ -202,15 +208,34 @@ def npz_to_segment(data: bytes, *, field: str = "masks") -> tuple[np.ndarray, np
     Reads ours and the seed's bodies (whose `masks` are float logits: thresholded at 0). For responses from
     a server the client chose to trust: np.load of an archive is not hardened like `decode_npy`.
     """
+    masks, low_res_masks, _ = _read_segment_npz(data, ("masks", "low_res_masks"), field)
+    return masks, low_res_masks
+
+
+def npz_to_prompts(data: bytes, *, field: str = "masks") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A binary several-prompts answer back to (masks bool (P, M, H, W), low_res_masks float32
+    (P, M, 256, 256), scores float32 (P, M))."""
+    masks, low_res_masks, scores = _read_segment_npz(data, ("masks", "low_res_masks", "scores"), field)
+    assert scores is not None, "scores is one of the members read"
+    return masks, low_res_masks, scores
+
+
+def _read_segment_npz(
+    data: bytes, members: tuple[str, ...], field: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if not isinstance(data, bytes) or not data.startswith(b"PK"):
         raise InvalidInput("not a segment .npz (not a zip archive)", field=field)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            if set(archive.files) != {"masks", "low_res_masks"}:
-                raise InvalidInput(f"expected arrays masks and low_res_masks, got {archive.files}", field=field)
-            masks, low_res_masks = archive["masks"], archive["low_res_masks"]
+            if set(archive.files) != set(members):
+                raise InvalidInput(f"expected arrays {', '.join(members)}, got {archive.files}", field=field)
+            arrays = {name: archive[name] for name in members}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise InvalidInput(f"not a segment .npz: {exc}", field=field) from exc
-    if masks.dtype != np.bool_:
-        masks = masks > 0
-    return masks, low_res_masks.astype(np.float32, copy=False)
+    masks = arrays["masks"] if arrays["masks"].dtype == np.bool_ else arrays["masks"] > 0
+    scores = arrays.get("scores")
+    return (
+        masks,
+        arrays["low_res_masks"].astype(np.float32, copy=False),
+        None if scores is None else scores.astype(np.float32, copy=False),
+    )

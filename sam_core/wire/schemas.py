@@ -90,6 +90,27 @@ class EmbedImageRequest(_SeedFields):
     )
 
 
+MAX_PROMPTS = 256
+"""Most prompts one `segment_image` request may carry in `prompts`."""
+
+SINGLE_PROMPT_FIELDS = frozenset({"point_coords", "point_labels", "box", "has_mask_input", "mask_input"})
+"""The seed's one-prompt fields: a request gives these or `prompts`, never both."""
+
+
+class SegmentPrompt(BaseModel):
+    """One prompt of a `prompts` list: points and/or a box on the image, optionally with its own mask input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    point_coords: list[list[Coordinate]] = Field(default_factory=list, description="[[x, y], ...], original pixels")
+    point_labels: list[Coordinate] = Field(default_factory=list, description="one label per point (1, 0, -1)")
+    box: list[Coordinate] | None = Field(default=None, description="[x0, y0, x1, y1] in original-image pixels")
+    mask_input: str | list[Any] | None = Field(
+        default=None, description="this prompt's low-res mask: json polygons (256 frame) or base64 .npy logits"
+    )
+    mask_input_format: Literal["json", "binary"] = "json"
+
+
 class SegmentImageRequest(_SeedFields):
     """POST /sam/segment_image: masks for a prompt on an image (from its cached embedding when there is one).
 
@@ -124,11 +145,20 @@ class SegmentImageRequest(_SeedFields):
         default=True,
         description="with has_mask_input and no mask_input, use this image's last low-res logits",
     )
-    multimask_output: bool = Field(default=False, description="three masks with their predicted IoU")
+    prompts: Annotated[list[SegmentPrompt], Field(min_length=1, max_length=MAX_PROMPTS)] | None = Field(
+        default=None,
+        description=f"several prompts on the image (at most {MAX_PROMPTS}), answered in order under `results`; "
+        "instead of the single-prompt fields (point_coords, point_labels, box, has_mask_input, mask_input). "
+        "use_mask_input_cache does not apply: the cached low-res logits are a single-prompt feature",
+    )
+    multimask_output: bool = Field(
+        default=False, description="three masks with their predicted IoU (for every prompt of `prompts`)"
+    )
     format: Literal["json", "binary", "rle", "png"] = Field(
         default="json",
         description="json: polygons; binary: npz with bool masks (1, H, W) and low_res_masks logits "
-        "(1, 256, 256); rle: COCO RLE; png: base64 1-bit PNGs",
+        "(1, 256, 256) (with prompts: masks (P, M, H, W), low_res_masks (P, M, 256, 256), scores (P, M)); "
+        "rle: COCO RLE; png: base64 1-bit PNGs",
     )
 
 
@@ -164,7 +194,33 @@ class SegmentImageResponse(BaseModel):
     time: float
 
 
+class PromptResult(BaseModel):
+    """One prompt's answer inside `results`."""
+
+    masks: list[Any] = Field(description="one entry per mask: polygon [[x, y], ...], RLE dict or base64 PNG")
+    low_res_masks: list[Any] = Field(description="the same for the 256x256 low-res logits > 0")
+    scores: list[float] = Field(description="predicted IoU of each mask")
+
+
+class SegmentPromptsResponse(BaseModel):
+    """The json/rle/png answer of /sam/segment_image for a request with `prompts`: one result per prompt."""
+
+    results: list[PromptResult]
+    image_id: str | None = None
+    time: float
+
+
 # ---- messages between deployments (no JSON: numpy travels as is) --------------------------------------
+
+
+@dataclass
+class JobPrompt:
+    """One prompt of a job with several: as the request gave it, its mask input decoded (or None)."""
+
+    point_coords: list[list[float]]
+    point_labels: list[float]
+    box: list[float] | None = None
+    mask_input: np.ndarray | None = None
 
 
 @dataclass
@@ -186,6 +242,8 @@ class SegmentJob:
     use_mask_input_cache: bool = True
     multimask_output: bool = False
     format: str = "json"
+    prompts: list[JobPrompt] | None = None
+    """Several prompts, answered in order (then the single-prompt fields above are unused)."""
 
 
 @dataclass
