@@ -9,10 +9,12 @@ decodes and validates it, so the pipeline accepts exactly what the HTTP API acce
 1. `embed` it with no `image_id`: the server caches the embedding under the image's content hash and answers
    with that key (`sha256:...`) and the original size. An image already embedded by anyone (an earlier run,
    an HTTP client, the same picture under another file name) is not embedded again.
-2. `segment` every box of that image by that key only (RLE masks, no image bytes), all in flight at once.
-   Should the cache have dropped the embedding meanwhile (`CacheMiss`), the box is retried with the image.
+2. `segment` its boxes by that key only (RLE masks, no image bytes): up to `PROMPTS_PER_REQUEST` boxes a call
+   (`prompts`), all calls in flight at once. Should the cache have dropped the embedding meanwhile
+   (`CacheMiss`), the call is retried with the image; a box the app refuses is reported and the call is
+   retried without it.
 
-So the encoder runs once per distinct image and every box costs one decoder call. Rows that cannot be
+So the encoder runs once per distinct image and the boxes of an image share a few decoder calls. Rows that cannot be
 segmented (missing file, malformed box, a box the app refuses, an image it cannot decode) are reported and
 skipped; the run goes on.
 """
@@ -41,8 +43,9 @@ from sam_core.wire.schemas import EmbedImageRequest, ImagePayload, SegmentImageR
 DEFAULT_CATEGORY = "object"
 """Category of prompts given without a `label`/`category`."""
 
-MAX_IN_FLIGHT = 16
-"""Segment calls one actor keeps in flight: enough to keep decoder replicas busy, few enough to be polite."""
+PROMPTS_PER_REQUEST = 32
+"""Boxes of one image sent in one `segment` call (`prompts`): the per-request cost is paid once for them, and
+an image with many boxes still spreads over the decoder replicas as several calls."""
 
 IMAGES_PER_BATCH = 4
 """Images an actor takes at once; their embed calls go out together so the encoder can batch them."""
@@ -210,49 +213,77 @@ class SegmentImages:
         return {"record": [json.dumps(asdict(record)) for record in records]}
 
     def _segment_boxes(self, images: list[tuple[ImageRecord, ImagePayload]]) -> None:
-        jobs = [(record, payload, prompt) for record, payload in images for prompt in self.prompts_by_path[record.path]]
-        in_flight: list[tuple[ImageRecord, ImagePayload, dict[str, Any], Any]] = []
-        for job in jobs:
-            in_flight.append((*job, self._submit(job[0], job[2], image=None)))
-            if len(in_flight) >= MAX_IN_FLIGHT:
-                self._collect(*in_flight.pop(0))
+        """Every box of these images, `PROMPTS_PER_REQUEST` boxes a request, all requests in flight at once."""
+        jobs = [
+            (record, payload, prompts[start : start + PROMPTS_PER_REQUEST])
+            for record, payload in images
+            for prompts in [self.prompts_by_path[record.path]]
+            for start in range(0, len(prompts), PROMPTS_PER_REQUEST)
+        ]
+        in_flight = [(*job, self._submit(job[0], job[2], image=None)) for job in jobs]
         for entry in in_flight:
             self._collect(*entry)
 
-    def _submit(self, record: ImageRecord, prompt: dict[str, Any], image: ImagePayload | None) -> Any:
+    def _submit(self, record: ImageRecord, prompts: list[dict[str, Any]], image: ImagePayload | None) -> Any:
         request = SegmentImageRequest(
-            image=image, image_id=record.image_key, box=prompt["box"], point_coords=[], point_labels=[], format="rle"
+            image=image, image_id=record.image_key, prompts=[{"box": p["box"]} for p in prompts], format="rle"
         )
         return self.ingress.segment.remote(request)
 
-    def _collect(self, record: ImageRecord, payload: ImagePayload, prompt: dict[str, Any], response: Any) -> None:
-        try:
+    def _collect(
+        self, record: ImageRecord, payload: ImagePayload, prompts: list[dict[str, Any]], response: Any
+    ) -> None:
+        """Annotations from one request's answers. A box the app refuses (`prompts.N...`) is reported and the
+        others are sent again without it; an embedding evicted meanwhile is sent again with the image."""
+        image = None
+        while prompts:
             try:
-                body = response.result().body
-            except CacheMiss:  # evicted since the embed call: send the image (embedded again, under the same key)
-                body = self._submit(record, prompt, image=payload).result().body
-        except SamServeError as exc:
-            record.failures.append(self._failure(prompt, _error_name(exc), _error_reason(exc)))
+                try:
+                    body = response.result().body
+                except CacheMiss:  # evicted since the embed call: send the image (embedded again, same key)
+                    image = payload
+                    body = self._submit(record, prompts, image=image).result().body
+            except SamServeError as exc:
+                refused = _refused_prompt(exc, len(prompts))
+                if refused is None:
+                    record.failures.extend(self._failure(p, _error_name(exc), _error_reason(exc)) for p in prompts)
+                    return
+                record.failures.append(self._failure(prompts[refused], _error_name(exc), _error_reason(exc)))
+                prompts = prompts[:refused] + prompts[refused + 1 :]
+                response = self._submit(record, prompts, image=image) if prompts else None
+                continue
+            for prompt, result in zip(prompts, body["results"], strict=True):
+                record.annotations.append(_annotation(prompt, result))
             return
-        rle = body["masks"][0]
-        counts = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-        x, y, w, h = (float(v) for v in coco_mask.toBbox(counts))
-        record.annotations.append(
-            {
-                "row": prompt["row"],
-                "category": prompt["category"],
-                "segmentation": rle,
-                "area": int(coco_mask.area(counts)),
-                "bbox": [x, y, w, h],
-                "prompt_box": prompt["box"],
-                "score": float(body["scores"][0]),
-                "iscrowd": 0,
-            }
-        )
 
     @staticmethod
     def _failure(prompt: Mapping[str, Any], error: str, reason: str) -> dict[str, Any]:
         return asdict(Failure(prompt["row"], prompt["image"], error, reason))
+
+
+def _refused_prompt(exc: SamServeError, count: int) -> int | None:
+    """The index N of a refusal naming `prompts.N...` (a box the app refuses), else None (the whole request)."""
+    parts = (exc.field or "").split(".")
+    if len(parts) >= 2 and parts[0] == "prompts" and parts[1].isdigit() and int(parts[1]) < count:
+        return int(parts[1])
+    return None
+
+
+def _annotation(prompt: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+    """A COCO annotation from one prompt's rle answer (its first mask)."""
+    rle = result["masks"][0]
+    counts = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    x, y, w, h = (float(v) for v in coco_mask.toBbox(counts))
+    return {
+        "row": prompt["row"],
+        "category": prompt["category"],
+        "segmentation": rle,
+        "area": int(coco_mask.area(counts)),
+        "bbox": [x, y, w, h],
+        "prompt_box": prompt["box"],
+        "score": float(result["scores"][0]),
+        "iscrowd": 0,
+    }
 
 
 # ---- the pipeline -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_cli.arguments import settings_from
+from sam_core.errors import ConfigurationError
 
 
 def cmd_make_checkpoint(args: argparse.Namespace) -> int:
@@ -69,31 +70,39 @@ def cmd_segment(args: argparse.Namespace) -> int:
     timings["embed_s"] = time.perf_counter() - started
 
     points = args.point or []
-    prompt = build_prompt(
-        [[x, y] for x, y, _ in points],
-        [label for _, _, label in points],
-        embedding.original_size,
-        box=args.box,
-    )
+    boxes: list[list[float] | None] = args.box or [None]
+    if len(boxes) > 1 and (points or args.out):
+        raise ConfigurationError("with several --box, each box is its own prompt: no --point, no --out")
+    prompts = [
+        build_prompt(
+            [[x, y] for x, y, _ in points], [label for _, _, label in points], embedding.original_size, box=box
+        )
+        for box in boxes
+    ]
     started = time.perf_counter()
-    output = decoder.decode(embedding, prompt, multimask=args.multimask)
+    outputs = [decoder.decode(embedding, prompt, multimask=args.multimask) for prompt in prompts]
     timings["decode_s"] = time.perf_counter() - started
 
-    best = int(np.argmax(output.iou_scores))
-    mask = output.masks[best]
-    result: dict[str, Any] = {
-        "model_id": model.identity.model_id,
-        "image_size": list(embedding.original_size),
-        "iou_scores": [round(float(s), 4) for s in output.iou_scores],
-        "mask_pixels": int(mask.sum()),
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-    }
-    if args.format == "polygon":
-        result["polygon"] = mask_to_polygon(mask)
-    elif args.format == "rle":
-        result["rle"] = encode_rle(mask)
-    if args.out:
-        Path(args.out).write_bytes(encode_png(mask))
-        result["png"] = args.out
+    answers = []
+    for box, output in zip(boxes, outputs, strict=True):
+        mask = output.masks[int(np.argmax(output.iou_scores))]
+        answer: dict[str, Any] = {
+            "iou_scores": [round(float(s), 4) for s in output.iou_scores],
+            "mask_pixels": int(mask.sum()),
+        }
+        if box is not None and len(boxes) > 1:
+            answer = {"box": box, **answer}
+        if args.format == "polygon":
+            answer["polygon"] = mask_to_polygon(mask)
+        elif args.format == "rle":
+            answer["rle"] = encode_rle(mask)
+        if args.out:
+            Path(args.out).write_bytes(encode_png(mask))
+            answer["png"] = args.out
+        answers.append(answer)
+    result: dict[str, Any] = {"model_id": model.identity.model_id, "image_size": list(embedding.original_size)}
+    # One prompt: its fields at the top, as always; several boxes: one answer each, in order.
+    result.update(answers[0] if len(answers) == 1 else {"results": answers})
+    result["timings"] = {k: round(v, 4) for k, v in timings.items()}
     print(json.dumps(result))
     return 0

@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(segment, "encoder_dtype", "decoder_quantize", aliases={"decoder_quantize": "--quantize"})
     segment.add_argument("--image", required=True, help="image file")
     segment.add_argument("--point", type=parse_point, action="append", help="x,y[,label] in image pixels; repeatable")
-    segment.add_argument("--box", type=parse_box, help="x0,y0,x1,y1 in image pixels")
+    segment.add_argument(
+        "--box", type=parse_box, action="append", help="x0,y0,x1,y1 in image pixels; repeat: one prompt per box"
+    )
     segment.add_argument("--multimask", action="store_true", help="three candidate masks, best one written")
     segment.add_argument("--format", choices=["polygon", "rle", "none"], default="polygon")
     segment.add_argument("--out", help="write the best mask as a PNG here")
