@@ -8,13 +8,14 @@ from __future__ import annotations
 import base64
 import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 import httpx
 import numpy as np
+from pydantic import BaseModel
 
 from sam_core.errors import InvalidInput
 from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
@@ -30,6 +31,9 @@ from sam_core.wire.schemas import (
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+BinaryT = TypeVar("BinaryT")
 
 
 ImageLike: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | PILImage | np.ndarray"
@@ -261,35 +265,32 @@ def _invalid_response(response: httpx.Response, exc: Exception) -> SamClientErro
 
 def parse_embed_response(response: httpx.Response, format: str) -> EmbedImageResponse | np.ndarray:
     """An embed answer: the response model (json, metadata) or the float32 (1, 256, 64, 64) embedding (binary)."""
-    raise_for_error(response)
-    try:
-        if format == "binary":
-            return npy_to_embedding(response.content, field="response")
-        return EmbedImageResponse.model_validate(response.json())
-    except (InvalidInput, ValueError) as exc:
-        raise _invalid_response(response, exc) from exc
+    return _parse_answer(response, format, EmbedImageResponse, lambda data: npy_to_embedding(data, field="response"))
 
 
 def parse_segment_response(response: httpx.Response, format: str) -> SegmentImageResponse | SegmentArrays:
     """A segment answer: the json/rle/png model, or the decoded arrays (binary)."""
-    raise_for_error(response)
-    try:
-        if format == "binary":
-            masks, low_res_masks = npz_to_segment(response.content, field="response")
-            return SegmentArrays(masks=masks, low_res_masks=low_res_masks)
-        return SegmentImageResponse.model_validate(response.json())
-    except (InvalidInput, ValueError) as exc:
-        raise _invalid_response(response, exc) from exc
+    return _parse_answer(
+        response, format, SegmentImageResponse, lambda data: SegmentArrays(*npz_to_segment(data, field="response"))
+    )
 
 
 def parse_prompts_response(response: httpx.Response, format: str) -> SegmentPromptsResponse | SegmentArrays:
     """A several-prompts answer: `results` in order (json/rle/png), or (P, M, ...) arrays with scores (binary)."""
+    return _parse_answer(
+        response, format, SegmentPromptsResponse, lambda data: SegmentArrays(*npz_to_prompts(data, field="response"))
+    )
+
+
+def _parse_answer(
+    response: httpx.Response, format: str, model: type[ModelT], read_binary: Callable[[bytes], BinaryT]
+) -> ModelT | BinaryT:
+    """A 2xx answer read as `model` (JSON) or by `read_binary` (binary); anything unreadable a SamClientError."""
     raise_for_error(response)
     try:
         if format == "binary":
-            masks, low_res_masks, scores = npz_to_prompts(response.content, field="response")
-            return SegmentArrays(masks=masks, low_res_masks=low_res_masks, scores=scores)
-        return SegmentPromptsResponse.model_validate(response.json())
+            return read_binary(response.content)
+        return model.model_validate(response.json())
     except (InvalidInput, ValueError) as exc:
         raise _invalid_response(response, exc) from exc
 
