@@ -30,11 +30,9 @@ _ERROR_STATUSES = {
     503: "cache unavailable for an id-only request, a replica failed, or at capacity: retry",
 }
 
-
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description} for status, description in _ERROR_STATUSES.items()
 }
-
 
 _FIELD_NAMES = frozenset(
     name

@@ -21,11 +21,9 @@ from fastapi.routing import APIRoute
 
 T = TypeVar("T")
 
-
 PARSE_WORKERS = 2
 """Threads for parsing and writing large bodies: JSON over `INLINE_JSON_BYTES`, .npy and JSON-list embeddings,
 mask inputs, the json embedding answer (12.5 MB of text)."""
-
 
 IMAGE_WORKERS = 1
 """Threads for client images: base64, hashing, URL fetches, pixel decoding and the resize to the encoder's
@@ -33,11 +31,9 @@ input frame (a 20 MP JPEG is ~0.2 s of CPU). One thread, scheduled as idle work 
 uploads queues here instead of taking the cores that follow-up clicks on cached images need, and never
 holds the event loop."""
 
-
 INLINE_JSON_BYTES = 256 * 1024
 """Bodies up to this size (every click) are parsed on the loop: well under a millisecond, and no wait for a
 worker busy with someone's upload."""
-
 
 _pools: dict[str, ThreadPoolExecutor] = {}
 

@@ -21,12 +21,9 @@ from sam_core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-
 APP_NAME = "sam"
 
-
 RANDOM_WEIGHTS_SEED = 0
-
 
 MEMORY_CACHE_WARNING = """\
 *************************************************************************************************

@@ -160,6 +160,15 @@ def open_decoder(settings: Settings, *, threads: int) -> tuple[OnnxDecoder, Mode
     return configured_decoder(sam, identity, settings, threads=threads), identity
 
 
+def _prompt(
+    embedding: ImageEmbedding, point_coords: object, point_labels: object, box: object, mask_input: np.ndarray | None
+) -> Prompt:
+    """One prompt validated against the image its embedding is of (a mask input is a prompt by itself)."""
+    return build_prompt(
+        point_coords, point_labels, embedding.original_size, box=box, has_mask_input=mask_input is not None
+    )
+
+
 class DecoderService:
     """Answers prompts: embedding from the job or the cache, ONNX decoder, low-res logits back to the cache."""
 
@@ -218,13 +227,7 @@ class DecoderService:
         here too, whichever path the embedding came by (the ingress checks a client's `orig_im_size` first).
         """
         check_image_size(embedding.original_size, self.limits, field="orig_im_size")
-        prompt = build_prompt(
-            job.point_coords,
-            job.point_labels,
-            embedding.original_size,
-            box=job.box,
-            has_mask_input=mask_input is not None,
-        )
+        prompt = _prompt(embedding, job.point_coords, job.point_labels, job.box, mask_input)
         return self.decoder.decode(embedding, prompt, mask_input=mask_input, multimask=job.multimask_output)
 
     def prompts(self, embedding: ImageEmbedding, job: SegmentJob) -> list[tuple[Prompt, np.ndarray | None]]:
@@ -235,13 +238,7 @@ class DecoderService:
         checked = []
         for index, item in enumerate(job.prompts):
             try:
-                prompt = build_prompt(
-                    item.point_coords,
-                    item.point_labels,
-                    embedding.original_size,
-                    box=item.box,
-                    has_mask_input=item.mask_input is not None,
-                )
+                prompt = _prompt(embedding, item.point_coords, item.point_labels, item.box, item.mask_input)
             except InvalidInput as exc:
                 raise InvalidInput(exc.reason, field=f"prompts.{index}.{exc.field}") from None
             checked.append((prompt, item.mask_input))
@@ -262,18 +259,19 @@ class DecoderService:
                 f"{MAX_BINARY_MASK_BYTES} bytes of bool masks: ask for json, rle or png, or send fewer prompts",
                 field="prompts",
             )
-        masks = np.zeros((len(prompts), per_prompt, height, width), dtype=bool) if binary else None
-        low_res = np.zeros((len(prompts), per_prompt, *LOW_RES_SHAPE), dtype=np.float32)
-        scores = np.zeros((len(prompts), per_prompt), dtype=np.float32)
+        # Binary answers fill these as they go; json ones encode each prompt and keep only its encoding.
+        shape = (len(prompts), per_prompt) if binary else (0, 0)
+        masks = np.zeros((*shape, height, width), dtype=bool)
+        low_res = np.zeros((*shape, *LOW_RES_SHAPE), dtype=np.float32)
+        scores = np.zeros(shape, dtype=np.float32)
         results: list[dict[str, Any]] = []
         decode_s = encode_s = 0.0
         for index, (prompt, mask_input) in enumerate(prompts):
             started = time.perf_counter()
             output = self.decoder.decode(embedding, prompt, mask_input=mask_input, multimask=job.multimask_output)
             decoded = time.perf_counter()
-            low_res[index], scores[index] = output.low_res_logits, output.iou_scores
-            if masks is not None:
-                masks[index] = output.masks
+            if binary:
+                masks[index], low_res[index], scores[index] = output.masks, output.low_res_logits, output.iou_scores
             else:
                 encoded, _ = encode_masks(output.masks, output.low_res_logits, output.iou_scores, job.format)
                 assert isinstance(encoded, dict), "json formats encode to a dict"
@@ -281,7 +279,7 @@ class DecoderService:
             decode_s += decoded - started
             encode_s += time.perf_counter() - decoded
         started = time.perf_counter()
-        if masks is not None:
+        if binary:
             body: tuple[dict[str, Any] | bytes, str] = (
                 segment_to_npz(masks, low_res, scores),
                 "application/octet-stream",

@@ -26,9 +26,7 @@ from sam_core.errors import CacheUnavailable
 
 log = logging.getLogger(__name__)
 
-
 T = TypeVar("T")
-
 
 CacheReadObserver = Callable[[str, str, str], None]
 """Told of every cache read, once per kind: (model_id, kind, "hit" | "miss" | "unavailable")."""

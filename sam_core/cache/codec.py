@@ -14,12 +14,9 @@ from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
 
 _MAGIC: Final = b"SAMC"
 
-
 _FORMAT_VERSION: Final = 2  # 2: the header ends in an 8-byte write tag
 
-
 _KIND_CODES: Final = {KIND_EMBEDDING: 1, KIND_LOW_RES_LOGITS: 2}
-
 
 _DTYPE_FLOAT16: Final = 1
 
@@ -29,9 +26,7 @@ _DTYPE_FLOAT16: Final = 1
 # its local copy of an embedding by reading the header alone (see `sam_core.cache.local_copies`).
 _HEADER: Final = struct.Struct("<4sBBBB4I2I2I8s")
 
-
 HEADER_BYTES: Final = _HEADER.size
-
 
 _TAG_OFFSET: Final = HEADER_BYTES - 8
 

@@ -8,12 +8,9 @@ from typing import Final
 
 KIND_EMBEDDING: Final = "emb"
 
-
 KIND_LOW_RES_LOGITS: Final = "lowres"
 
-
 KINDS: Final = (KIND_EMBEDDING, KIND_LOW_RES_LOGITS)
-
 
 _MODEL_ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 

@@ -15,7 +15,6 @@ from sam_core.model.verify import normalise_sha256, sidecar_path, verify_checkpo
 
 log = logging.getLogger(__name__)
 
-
 _REGISTRY_HINT = (
     "; the expected values come from third-party tables (Meta publishes no hashes): if you trust this file, "
     "set checkpoint_sha256 to its sha256 to override them"

@@ -35,12 +35,10 @@ if TYPE_CHECKING:
 ModelT = TypeVar("ModelT", bound=BaseModel)
 BinaryT = TypeVar("BinaryT")
 
-
 ImageLike: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | PILImage | np.ndarray"
 """An image for the API: a file path (or an http(s) URL, fetched by the server when it allows URLs), the
 encoded file's bytes (PNG, JPEG, ...), a PIL image, or an (H, W, 3) RGB / (H, W) grey uint8 array. PIL images
 and arrays are sent as lossless PNG."""
-
 
 JsonFormat: TypeAlias = Literal["json", "rle", "png"]
 

@@ -15,7 +15,7 @@ from sam_core.settings import ImageLimits
 from sam_core.wire.image_checks import check_image_size
 from sam_core.wire.masks import mask_input_array, polygons_to_mask
 from sam_core.wire.npy import decode_npy_base64
-from sam_core.wire.schemas import SINGLE_PROMPT_FIELDS, JobPrompt, SegmentImageRequest, SegmentJob
+from sam_core.wire.schemas import SINGLE_PROMPT_FIELDS, JobPrompt, SegmentImageRequest, SegmentJob, SegmentPrompt
 
 
 def segment_job(request: SegmentImageRequest) -> SegmentJob:
@@ -33,25 +33,25 @@ def segment_job(request: SegmentImageRequest) -> SegmentJob:
                 f"send either prompts or the single-prompt fields, not both (also given: {', '.join(given)})",
                 field="prompts",
             )
-        prompts = [
-            JobPrompt(
-                point_coords=[[float(c) for c in pair] for pair in prompt.point_coords],
-                point_labels=[float(label) for label in prompt.point_labels],
-                box=None if prompt.box is None else [float(c) for c in prompt.box],
-            )
-            for prompt in request.prompts
-        ]
+        prompts = [JobPrompt(**_plain_prompt(prompt)) for prompt in request.prompts]
     return SegmentJob(
         cache_key=request.image_id,
-        point_coords=[[float(c) for c in pair] for pair in request.point_coords],
-        point_labels=[float(label) for label in request.point_labels],
-        box=None if request.box is None else [float(c) for c in request.box],
+        **_plain_prompt(request),
         has_mask_input=request.has_mask_input,
         use_mask_input_cache=request.use_mask_input_cache and prompts is None,
         multimask_output=request.multimask_output,
         format=request.format,
         prompts=prompts,
     )
+
+
+def _plain_prompt(prompt: SegmentImageRequest | SegmentPrompt) -> dict[str, Any]:
+    """A prompt's points, labels and box as plain floats, the way they travel to a decoder replica."""
+    return {
+        "point_coords": [[float(c) for c in pair] for pair in prompt.point_coords],
+        "point_labels": [float(label) for label in prompt.point_labels],
+        "box": None if prompt.box is None else [float(c) for c in prompt.box],
+    }
 
 
 def client_embedding(request: SegmentImageRequest, limits: ImageLimits) -> ImageEmbedding:

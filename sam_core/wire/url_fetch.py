@@ -18,7 +18,6 @@ from sam_core.wire.image_checks import check_byte_count
 
 MAX_REDIRECTS = 3
 
-
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
