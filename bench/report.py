@@ -15,9 +15,10 @@ then measures, alternating each measurement with its reference where both are ti
   5. output encodings of a 1500x2250 mask and of a 1x256x64x64 embedding vs the seed's formats;
   6. Redis bytes per cached image vs a float32 embedding;
   7. encoder runs per 20-click session over 2 decoder replicas vs a per-process cache with 2 workers;
-  8. 50 boxes on one image as one request (`prompts`) vs 50 single requests and vs a bare decode loop.
+  8. 50 boxes on one image as one request (`prompts`) vs 50 single requests and vs a bare decode loop;
+  9. segment everything over HTTP vs SamAutomaticMaskGenerator in process (8 and 32 points per side).
 
-Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~6 min here; --quick ~2 min)
+Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~15 min here; --quick ~4 min)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clicks import follow_up_latency, follow_up_throughput
+from everything import everything
 from harness import Bench, Report, redis_server
 from model_runs import cold_request, decoder_options, encoder_batching, encoder_runs, encodings, redis_bytes
 from prompts import many_boxes
@@ -52,7 +54,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         type=lambda text: set(text.split(",")),
-        help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts",
+        help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts,"
+        "everything",
     )
     args = parser.parse_args()
 
@@ -90,6 +93,7 @@ def main() -> None:
                 ),
                 ("encodings", lambda: encodings(report, repeats=5)),
                 ("prompts", lambda: many_boxes(bench, report, boxes=50, repeats=3)),
+                ("everything", lambda: everything(bench, report, ((8, 2),) if args.quick else ((8, 2), (32, 1)))),
             ]
             for name, section in sections:
                 if not args.only or name in args.only:

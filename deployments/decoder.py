@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
 from ray import serve
 
 from deployments import metrics
+from sam_core.everything_service import EverythingService
 from sam_core.service import DecoderService
 from sam_core.settings import Settings
+from sam_core.wire.everything import EverythingJob
 from sam_core.wire.schemas import SegmentJob, SegmentResult
 
 log = logging.getLogger("ray.serve")
@@ -48,12 +52,42 @@ class SamDecoder:
         self.service.cache.read_observer = metrics.cache_read
         # One decode at a time per replica: they would only compete for the same cores.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-decoder")
+        # Segment-everything runs take seconds to minutes: their own thread, so clicks never queue behind one.
+        self.everything = EverythingService(self.service, threads=threads)
+        self.everything_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-everything")
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         log.info("SamDecoder ready: model=%s threads=%d", self.service.identity.model_id, threads)
 
     async def segment(self, job: SegmentJob) -> SegmentResult:
         result = await self.service.segment(job, self.executor)
         metrics.decoder_timings(self.service.identity.model_id, result.timings)
+        result.replica = self.replica_id
+        return result
+
+    async def segment_everything(self, job: EverythingJob) -> SegmentResult:
+        """A generator run; Ray Serve cancels it when the caller goes away, and it stops at the next batch."""
+        model_id = self.service.identity.model_id
+        started = time.perf_counter()
+        state = {"logged": started, "done": 0}
+
+        def progress(done: int, total: int) -> None:
+            metrics.everything_points(model_id, done - int(state["done"]))
+            state["done"] = done
+            now = time.perf_counter()
+            if now - state["logged"] >= 10.0 or done == total:
+                state["logged"] = now
+                log.info("segment everything: %d/%d points in %.1f s", done, total, now - started)
+
+        try:
+            result = await self.everything.run(job, self.everything_executor, progress=progress)
+        except asyncio.CancelledError:
+            log.info("segment everything cancelled after %.1f s: the caller went away", time.perf_counter() - started)
+            metrics.everything_run(model_id, "cancelled")
+            raise
+        except Exception:
+            metrics.everything_run(model_id, "failed")
+            raise
+        metrics.everything_run(model_id, "done")
         result.replica = self.replica_id
         return result
 

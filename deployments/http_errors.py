@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import metrics
 from sam_core.errors import SamServeError
+from sam_core.wire.everything import SegmentEverythingRequest
 from sam_core.wire.schemas import EmbedImageRequest, ErrorResponse, ImagePayload, SegmentImageRequest, SegmentPrompt
 
 # The error statuses the API routes answer, documented in OpenAPI with the one error body they all use.
@@ -36,7 +37,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 _FIELD_NAMES = frozenset(
     name
-    for model in (EmbedImageRequest, SegmentImageRequest, SegmentPrompt, ImagePayload)
+    for model in (EmbedImageRequest, SegmentImageRequest, SegmentPrompt, ImagePayload, SegmentEverythingRequest)
     for name in model.model_fields
 )
 

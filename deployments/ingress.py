@@ -21,7 +21,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from deployments import metrics
+from deployments import everything, metrics
 from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
 from deployments.limits import BearerAuth, BodySizeLimit
 from deployments.off_loop import OffLoopJSONRoute, off_loop
@@ -29,6 +29,7 @@ from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, Overloaded, UnknownModel
 from sam_core.service import cache_from_settings
 from sam_core.settings import Settings
+from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingRequest, SegmentEverythingResponse
 from sam_core.wire.images import EncodedImage, encoder_input, read_image
 from sam_core.wire.jobs import client_embedding, explicit_mask_input, prompt_mask_inputs, segment_job
 from sam_core.wire.npy import embedding_to_npy
@@ -56,8 +57,6 @@ api = FastAPIOffline(
 )
 api.router.route_class = OffLoopJSONRoute
 install_error_handlers(api)
-
-CONTENT_HASH_PREFIX = "sha256:"
 
 
 @dataclass
@@ -104,7 +103,9 @@ class SamIngress:
                 f"this service serves {self.settings.model_type!r}, not {sam_version_id!r}", field="sam_version_id"
             )
 
-    async def _read_image(self, request: EmbedImageRequest | SegmentImageRequest) -> EncodedImage:
+    async def _read_image(
+        self, request: EmbedImageRequest | SegmentImageRequest | SegmentEverythingRequest
+    ) -> EncodedImage:
         """The request's image bytes and their hash (base64 decoding or the URL fetch, off the loop)."""
         if request.image is None:
             raise InvalidInput("send the image (or an image_id whose embedding is cached)", field="image")
@@ -137,7 +138,7 @@ class SamIngress:
         if key is None:
             # Keyed by the hash of the bytes as sent, taken before any decode: a repeat image costs no decode.
             encoded = await self._read_image(request)
-            key = CONTENT_HASH_PREFIX + encoded.content_sha256
+            key = encoded.content_id
         cached = None
         try:
             cached = await self.cache.get_embedding(model_id, key)
@@ -177,7 +178,7 @@ class SamIngress:
         if job.cache_key is None:
             # The hash of the bytes as sent, before any decode: a cached repeat image is never decoded.
             encoded = await self._read_image(request)
-            job.cache_key = CONTENT_HASH_PREFIX + encoded.content_sha256
+            job.cache_key = encoded.content_id
         if not self.cache.shared:
             job.embedding = await self.cache.get_embedding(await self.model_id(), job.cache_key)
         elif request.image is not None and not await self._probably_cached(job.cache_key):
@@ -265,6 +266,10 @@ class SamIngress:
         metrics.request_served(SEGMENT_ROUTE, job.format, source, result.timings["total_s"])
         return result
 
+    async def segment_everything(self, request: SegmentEverythingRequest) -> SegmentResult:
+        """Every mask of an image (`SamAutomaticMaskGenerator`'s algorithm, run by a decoder replica)."""
+        return await everything.segment_everything(self, request)
+
     # ---- HTTP -------------------------------------------------------------------------------------------
 
     @api.post(
@@ -305,6 +310,13 @@ class SamIngress:
         if isinstance(result.body, bytes):
             return Response(content=result.body, media_type=result.media_type, headers=headers)
         return JSONResponse(result.body, headers=headers)
+
+    @api.post(EVERYTHING_ROUTE, response_model=SegmentEverythingResponse, responses=ERROR_RESPONSES)
+    async def segment_everything_route(self, request: SegmentEverythingRequest) -> Response:
+        """Every mask of an image: the request holds the generator's parameters; a client that disconnects
+        stops the run at its next batch of points."""
+        result = await self.segment_everything(request)
+        return JSONResponse(result.body, headers={"X-Decoder-Replica": result.replica or ""})
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -69,6 +69,8 @@ class _Metrics:
     decoder_latency: Histogram
     request_latency: Histogram
     errors: Counter
+    everything_points: Counter
+    everything_runs: Counter
 
 
 @functools.cache
@@ -126,6 +128,16 @@ def _metrics() -> _Metrics:
             description="Error responses by error type (the body's `error`; internal: unhandled) and route.",
             tag_keys=_keys("error", "route"),
         ),
+        everything_points=Counter(
+            "sam_everything_points_total",
+            description="Point prompts decoded by segment-everything runs (counted after each batch: progress).",
+            tag_keys=_keys("model_id"),
+        ),
+        everything_runs=Counter(
+            "sam_everything_runs_total",
+            description="Segment-everything runs ended, by result: done, cancelled (the client left) or failed.",
+            tag_keys=_keys("model_id", "result"),
+        ),
     )
 
 
@@ -166,3 +178,13 @@ def request_served(route: str, fmt: str, source: str, seconds: float) -> None:
 def error_response(name: str, route: str) -> None:
     """One error response."""
     _metrics().errors.inc(tags={"error": name, "route": route})
+
+
+def everything_points(model_id: str, points: int) -> None:
+    """A batch of `points` decoded by a segment-everything run."""
+    _metrics().everything_points.inc(points, tags={"model_id": model_id})
+
+
+def everything_run(model_id: str, result: str) -> None:
+    """A segment-everything run ended: done, cancelled or failed."""
+    _metrics().everything_runs.inc(tags={"model_id": model_id, "result": result})

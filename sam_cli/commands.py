@@ -1,4 +1,5 @@
-"""The commands that work in-process: make a random checkpoint, download one, export decoders, segment an image."""
+"""The commands that work in-process: make a random checkpoint, download one, export decoders, segment an image
+(from prompts, or everything in it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from typing import Any
 
 from sam_cli.arguments import settings_from
 from sam_core.errors import ConfigurationError
+from sam_core.everything import EverythingOptions
+
+GENERATOR_FLAGS = EverythingOptions().as_kwargs()
+"""`sam-serve everything`'s flags (`--points-per-side`, ...): the generator's parameters, its defaults."""
 
 
 def cmd_make_checkpoint(args: argparse.Namespace) -> int:
@@ -105,4 +110,43 @@ def cmd_segment(args: argparse.Namespace) -> int:
     result.update(answers[0] if len(answers) == 1 else {"results": answers})
     result["timings"] = {k: round(v, 4) for k, v in timings.items()}
     print(json.dumps(result))
+    return 0
+
+
+def cmd_everything(args: argparse.Namespace) -> int:
+    import numpy as np
+    from pydantic import ValidationError
+
+    from sam_core.everything_service import encode_records
+    from sam_core.model.everything import check_options, crop_boxes, generate_everything
+    from sam_core.service import configured_decoder, configured_encoder, load_configured_model
+    from sam_core.wire.everything import SegmentEverythingRequest
+    from sam_core.wire.images import decode_image_bytes
+
+    given = {name: value for name, value in vars(args).items() if name in GENERATOR_FLAGS and value is not None}
+    try:
+        options = SegmentEverythingRequest(format=args.format, **given).options()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigurationError(str(first["msg"]), field=".".join(map(str, first["loc"]))) from None
+    settings = settings_from(args)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    model = load_configured_model(settings)
+    decoder = configured_decoder(model.sam, model.identity, settings, threads=settings.decoder_threads)
+    timings["load_s"] = time.perf_counter() - started
+
+    image = decode_image_bytes(Path(args.image).read_bytes(), settings.images, field="image")
+    check_options(image.size, options)
+    started = time.perf_counter()
+    encoder = configured_encoder(model, settings)
+    crops = [np.ascontiguousarray(image.pixels[y0:y1, x0:x1]) for x0, y0, x1, y1 in crop_boxes(image.size, options)]
+    embeddings = [encoder.embed(crop) for crop in crops]
+    timings["embed_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    records = encode_records(generate_everything(decoder, embeddings, options), args.format)
+    timings["generate_s"] = time.perf_counter() - started
+    Path(args.out).write_text(json.dumps(records))
+    summary = {"model_id": model.identity.model_id, "image_size": list(image.size), "masks": len(records)}
+    print(json.dumps({**summary, "out": args.out, "timings": {k: round(v, 4) for k, v in timings.items()}}))
     return 0

@@ -1,5 +1,5 @@
-"""The `sam-serve` command line: fetch and check checkpoints, export decoders, segment an image locally, and
-`run` the whole service on a local Ray cluster.
+"""The `sam-serve` command line: fetch and check checkpoints, export decoders, segment an image locally (from
+prompts, or everything in it), and `run` the whole service on a local Ray cluster.
 
 Settings come from `SAM_*` environment variables (sam_core.settings.Settings); flags given here win.
 """
@@ -12,7 +12,14 @@ import sys
 from collections.abc import Sequence
 
 from sam_cli.arguments import add_model_options, add_setting_flags, parse_box, parse_point
-from sam_cli.commands import cmd_download, cmd_export_decoder, cmd_make_checkpoint, cmd_segment
+from sam_cli.commands import (
+    GENERATOR_FLAGS,
+    cmd_download,
+    cmd_everything,
+    cmd_export_decoder,
+    cmd_make_checkpoint,
+    cmd_segment,
+)
 from sam_cli.run import add_run_options, cmd_run
 from sam_core.errors import SamServeError
 
@@ -49,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--format", choices=["polygon", "rle", "none"], default="polygon")
     segment.add_argument("--out", help="write the best mask as a PNG here")
     segment.set_defaults(func=cmd_segment)
+
+    everything = commands.add_parser(
+        "everything", help="every mask of an image (SamAutomaticMaskGenerator's algorithm), in-process"
+    )
+    add_model_options(everything)
+    add_setting_flags(everything, "encoder_dtype", "decoder_quantize", aliases={"decoder_quantize": "--quantize"})
+    everything.add_argument("image", help="image file")
+    everything.add_argument("--out", required=True, help="write the mask records (COCO-style JSON list) here")
+    everything.add_argument("--format", choices=["rle", "json", "png"], default="rle", help="segmentation encoding")
+    for name, default in GENERATOR_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        everything.add_argument(flag, type=type(default), help=f"generator parameter (default {default:g})")
+    everything.set_defaults(func=cmd_everything)
 
     run = commands.add_parser("run", help="serve the API on a local Ray cluster (and a private Redis) until stopped")
     add_run_options(run)

@@ -23,21 +23,25 @@ __all__ = [
     "segment_request_body",
 ]
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, overload
 
 import httpx
 import numpy as np
 
+from sam_core.async_client import AsyncSamClient
 from sam_core.wire.calls import (
+    DEFAULT_TIMEOUT_S,
     ImageLike,
     JsonFormat,
     SamClientError,
     SegmentArrays,
+    client_headers,
     embed_request_body,
+    everything_request_body,
     json_object,
     parse_embed_response,
+    parse_everything_response,
     parse_prompts_response,
     parse_readiness,
     parse_segment_response,
@@ -45,6 +49,7 @@ from sam_core.wire.calls import (
     raise_for_error,
     segment_request_body,
 )
+from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingResponse
 from sam_core.wire.schemas import (
     EMBED_ROUTE,
     SEGMENT_ROUTE,
@@ -52,25 +57,6 @@ from sam_core.wire.schemas import (
     SegmentImageResponse,
     SegmentPromptsResponse,
 )
-
-DEFAULT_TIMEOUT_S = 300.0
-"""Generous on purpose: the first request for an image runs the encoder (seconds to tens of seconds on CPU)."""
-
-USER_AGENT = "sam-serve-client/0.1.0"
-
-
-# ---- request bodies (shared by both clients) -----------------------------------------------------------
-
-
-# ---- responses (shared by both clients) ----------------------------------------------------------------
-
-
-def _headers(api_key: str | None) -> dict[str, str]:
-    headers = {"User-Agent": USER_AGENT}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    return headers
-
 
 # ---- the clients ---------------------------------------------------------------------------------------
 
@@ -89,7 +75,7 @@ class SamClient:
 
     def __init__(self, base_url: str, *, timeout: float | None = DEFAULT_TIMEOUT_S, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=_headers(api_key))
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=client_headers(api_key))
 
     def close(self) -> None:
         self._http.close()
@@ -234,6 +220,16 @@ class SamClient:
         body = prompts_request_body(prompts, format=format, **image)
         return parse_prompts_response(self._http.post(SEGMENT_ROUTE, json=body), format)
 
+    def segment_everything(
+        self, image: ImageLike | None = None, *, image_id: str | None = None, format: str = "rle", **options: Any
+    ) -> SegmentEverythingResponse:
+        """Every mask of an image, as `SamAutomaticMaskGenerator` finds them (by `image`, or the `image_id` of a
+        cached embedding). `options`: the generator's parameters (`points_per_side`, `pred_iou_thresh`, ...,
+        its defaults when not given); `format`: rle (COCO), json (polygons) or png. Closing the client (or its
+        timeout) mid-run stops the run on the server."""
+        body = everything_request_body(image, image_id=image_id, format=format, **options)
+        return parse_everything_response(self._http.post(EVERYTHING_ROUTE, json=body))
+
     def healthz(self) -> dict[str, Any]:
         """GET /healthz: `{"status": "ok"}` while the ingress answers."""
         return json_object(self._http.get("/healthz"))
@@ -241,129 +237,3 @@ class SamClient:
     def readyz(self) -> dict[str, Any]:
         """GET /readyz: `{"ready": bool, "model_id", "cache", ...}`; a 503 "not ready" is returned, not raised."""
         return parse_readiness(self._http.get("/readyz"))
-
-
-class AsyncSamClient:
-    """The asyncio twin of `SamClient` (same arguments, methods and errors; methods are coroutines).
-
-    Image files are read and PNG-encoded in a worker thread so the event loop keeps running meanwhile.
-    """
-
-    def __init__(self, base_url: str, *, timeout: float | None = DEFAULT_TIMEOUT_S, api_key: str | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=_headers(api_key))
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> AsyncSamClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    @overload
-    async def embed_image(
-        self, image: ImageLike | None = ..., *, image_id: str | None = ..., format: Literal["metadata", "json"] = ...
-    ) -> EmbedImageResponse: ...
-
-    @overload
-    async def embed_image(
-        self, image: ImageLike | None = ..., *, image_id: str | None = ..., format: Literal["binary"]
-    ) -> np.ndarray: ...
-
-    async def embed_image(
-        self, image: ImageLike | None = None, *, image_id: str | None = None, format: str = "metadata"
-    ) -> EmbedImageResponse | np.ndarray:
-        """See `SamClient.embed_image`."""
-        body = await asyncio.to_thread(embed_request_body, image, image_id=image_id, format=format)
-        return parse_embed_response(await self._http.post(EMBED_ROUTE, json=body), format)
-
-    @overload
-    async def segment_image(
-        self,
-        *,
-        image: ImageLike | None = ...,
-        image_id: str | None = ...,
-        point_coords: Any = ...,
-        point_labels: Any = ...,
-        box: Any = ...,
-        multimask_output: bool = ...,
-        mask_input: Any = ...,
-        use_mask_input_cache: bool = ...,
-        has_mask_input: bool | None = ...,
-        embeddings: np.ndarray | None = ...,
-        orig_im_size: Any = ...,
-        format: JsonFormat = ...,
-    ) -> SegmentImageResponse: ...
-
-    @overload
-    async def segment_image(
-        self,
-        *,
-        image: ImageLike | None = ...,
-        image_id: str | None = ...,
-        point_coords: Any = ...,
-        point_labels: Any = ...,
-        box: Any = ...,
-        multimask_output: bool = ...,
-        mask_input: Any = ...,
-        use_mask_input_cache: bool = ...,
-        has_mask_input: bool | None = ...,
-        embeddings: np.ndarray | None = ...,
-        orig_im_size: Any = ...,
-        format: Literal["binary"],
-    ) -> SegmentArrays: ...
-
-    async def segment_image(
-        self,
-        *,
-        image: ImageLike | None = None,
-        image_id: str | None = None,
-        point_coords: Any = None,
-        point_labels: Any = None,
-        box: Any = None,
-        multimask_output: bool = False,
-        mask_input: Any = None,
-        use_mask_input_cache: bool = True,
-        has_mask_input: bool | None = None,
-        embeddings: np.ndarray | None = None,
-        orig_im_size: Any = None,
-        format: str = "json",
-    ) -> SegmentImageResponse | SegmentArrays:
-        """See `SamClient.segment_image`."""
-        fields = {
-            "image": image,
-            "image_id": image_id,
-            "point_coords": point_coords,
-            "point_labels": point_labels,
-            "box": box,
-            "multimask_output": multimask_output,
-            "mask_input": mask_input,
-            "use_mask_input_cache": use_mask_input_cache,
-            "has_mask_input": has_mask_input,
-            "embeddings": embeddings,
-            "orig_im_size": orig_im_size,
-            "format": format,
-        }
-        # Only an image needs the worker thread (file read, PNG encoding); prompts are cheap.
-        if image is None:
-            body = segment_request_body(**fields)
-        else:
-            body = await asyncio.to_thread(lambda: segment_request_body(**fields))
-        return parse_segment_response(await self._http.post(SEGMENT_ROUTE, json=body), format)
-
-    async def segment_prompts(
-        self, prompts: Sequence[Mapping[str, Any]], *, format: str = "json", **image: Any
-    ) -> SegmentPromptsResponse | SegmentArrays:
-        """See `SamClient.segment_prompts`."""
-        body = await asyncio.to_thread(lambda: prompts_request_body(prompts, format=format, **image))
-        return parse_prompts_response(await self._http.post(SEGMENT_ROUTE, json=body), format)
-
-    async def healthz(self) -> dict[str, Any]:
-        """See `SamClient.healthz`."""
-        return json_object(await self._http.get("/healthz"))
-
-    async def readyz(self) -> dict[str, Any]:
-        """See `SamClient.readyz`."""
-        return parse_readiness(await self._http.get("/readyz"))

@@ -261,6 +261,28 @@ class OnnxDecoder:
                 raise InvalidInput(f"must have shape {MASK_INPUT_SHAPE}, got {mask_input.shape}", field="mask_input")
             mask = np.ascontiguousarray(mask_input, dtype=np.float32)
             has_mask = np.ones(1, dtype=np.float32)
+        masks, iou, low_res = self._run(embedding, point_coords, point_labels, mask, has_mask, multimask=multimask)
+        return DecoderOutput(mask_logits=masks[0], iou_scores=iou[0], low_res_logits=low_res[0])
+
+    def decode_click(self, embedding: ImageEmbedding, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The three masks' logits (3, H, W) and predicted IoU (3,) for one foreground click given in the 1024
+        input frame, as `SamPredictor.predict_torch` answers it (what the automatic mask generator asks)."""
+        coords = np.concatenate([np.asarray(point, dtype=np.float32).reshape(1, 2), np.zeros((1, 2), np.float32)])
+        labels = np.array([[1.0, -1.0]], dtype=np.float32)
+        no_mask, no_flag = np.zeros(MASK_INPUT_SHAPE, dtype=np.float32), np.zeros(1, dtype=np.float32)
+        masks, iou, _ = self._run(embedding, coords[None], labels, no_mask, no_flag, multimask=True)
+        return masks[0], iou[0]
+
+    def _run(
+        self,
+        embedding: ImageEmbedding,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        mask: np.ndarray,
+        has_mask: np.ndarray,
+        *,
+        multimask: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         session = self.multi if multimask else self.single
         masks, iou, low_res = session.run(
             None,
@@ -277,4 +299,4 @@ class OnnxDecoder:
             # The multi-mask graph returns all four mask tokens; token 0 is the single-output one, and
             # SamPredictor's multimask output (what clients expect) is tokens 1-3.
             masks, iou, low_res = masks[:, 1:], iou[:, 1:], low_res[:, 1:]
-        return DecoderOutput(mask_logits=masks[0], iou_scores=iou[0], low_res_logits=low_res[0])
+        return masks, iou, low_res

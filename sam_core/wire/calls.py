@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from sam_core.errors import InvalidInput
 from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
+from sam_core.wire.everything import SegmentEverythingRequest, SegmentEverythingResponse
 from sam_core.wire.npy import npy_to_embedding, npz_to_prompts, npz_to_segment
 from sam_core.wire.schemas import (
     EmbedImageRequest,
@@ -41,6 +42,19 @@ encoded file's bytes (PNG, JPEG, ...), a PIL image, or an (H, W, 3) RGB / (H, W)
 and arrays are sent as lossless PNG."""
 
 JsonFormat: TypeAlias = Literal["json", "rle", "png"]
+
+DEFAULT_TIMEOUT_S = 300.0
+"""Generous on purpose: the first request for an image runs the encoder (seconds to tens of seconds on CPU)."""
+
+USER_AGENT = "sam-serve-client/0.1.0"
+
+
+def client_headers(api_key: str | None) -> dict[str, str]:
+    """Every client request's headers: the user agent, and the bearer token when the service needs one."""
+    headers = {"User-Agent": USER_AGENT}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
 
 
 class SamClientError(Exception):
@@ -213,6 +227,15 @@ def prompts_request_body(
     )  # fmt: skip
 
 
+def everything_request_body(
+    image: ImageLike | None = None, *, image_id: str | None = None, format: str = "rle", **options: Any
+) -> dict[str, Any]:
+    """The JSON body of POST /sam/segment_everything (see `SamClient.segment_everything`)."""
+    payload = None if image is None else image_payload(image)
+    request = SegmentEverythingRequest(image=payload, image_id=image_id, format=format, **options)
+    return request.model_dump(mode="json", exclude_none=True)
+
+
 def _prompt_fields(
     point_coords: Any = None, point_labels: Any = None, box: Any = None, mask_input: Any = None
 ) -> dict[str, Any]:
@@ -278,6 +301,13 @@ def parse_prompts_response(response: httpx.Response, format: str) -> SegmentProm
     return _parse_answer(
         response, format, SegmentPromptsResponse, lambda data: SegmentArrays(*npz_to_prompts(data, field="response"))
     )
+
+
+def parse_everything_response(response: httpx.Response) -> SegmentEverythingResponse:
+    """A segment-everything answer: its mask records."""
+    answer = _parse_answer(response, "json", SegmentEverythingResponse, bytes)
+    assert isinstance(answer, SegmentEverythingResponse), "a json answer"
+    return answer
 
 
 def _parse_answer(

@@ -263,6 +263,11 @@ class EncodedImage:
     field: str
     array: np.ndarray | None = None
 
+    @property
+    def content_id(self) -> str:
+        """The image id it is cached under when the client names none: `sha256:` and its content hash."""
+        return "sha256:" + self.content_sha256
+
 
 FILE_KIND = "FILE"
 
@@ -337,3 +342,16 @@ def load_image(kind: str, value: object, limits: ImageLimits, *, field: str = "i
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def crop_encoder_inputs(
+    encoded: EncodedImage, limits: ImageLimits, boxes: list[tuple[int, int, int, int]]
+) -> list[EncoderInput]:
+    """Each crop (x0, y0, x1, y1) of an image, resized to the encoder's input frame: the image is decoded once."""
+    pixels = decode_image(encoded, limits).pixels
+    return [
+        EncoderInput(
+            pixels=resize_to_input_frame(np.ascontiguousarray(pixels[y0:y1, x0:x1])), original_size=(y1 - y0, x1 - x0)
+        )
+        for x0, y0, x1, y1 in boxes
+    ]

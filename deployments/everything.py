@@ -1,0 +1,144 @@
+"""The ingress's half of segment everything: find or make one embedding per crop, then hand the run to a decoder.
+
+Crops are embedded one request at a time, so a run with crop layers never holds the encoder away from other
+images for more than one batch; each crop's embedding is cached under the image's key and the crop box, so a
+second run on the same image (even by `image_id` alone) embeds nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from deployments import metrics
+from deployments.off_loop import off_loop
+from sam_core.cache import EmbeddingCache
+from sam_core.embedding import EncoderInput, ImageEmbedding
+from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded
+from sam_core.model.everything import check_grid, check_options, crop_boxes
+from sam_core.settings import Settings
+from sam_core.wire.everything import (
+    EVERYTHING_ROUTE,
+    EverythingJob,
+    SegmentEverythingRequest,
+    crop_cache_key,
+)
+from sam_core.wire.images import EncodedImage, crop_encoder_inputs
+from sam_core.wire.schemas import SegmentResult
+
+
+class SamIngress(Protocol):
+    """What of the ingress a run uses: its settings, cache and decoder handle, and its image and encoder steps
+    (so this module needs no import of the ingress, which imports it)."""
+
+    settings: Settings
+    cache: EmbeddingCache
+    decoder: DeploymentHandle
+
+    async def model_id(self) -> str: ...
+
+    def _check_version(self, sam_version_id: str | None) -> None: ...
+
+    async def _read_image(self, request: Any) -> EncodedImage: ...
+
+    async def _encoder_input(self, encoded: EncodedImage) -> EncoderInput: ...
+
+    async def _encode(self, image: EncoderInput, cache_key: str) -> ImageEmbedding: ...
+
+
+async def _cached(ingress: SamIngress, key: str, *, inline: bool, has_image: bool) -> ImageEmbedding | bool:
+    """The cached embedding (`inline`: the ingress's own per-process cache) or whether the shared cache holds
+    it; False when it cannot say and the image is at hand."""
+    model_id = await ingress.model_id()
+    try:
+        if inline:
+            return await ingress.cache.get_embedding(model_id, key) or False
+        return await ingress.cache.has_embedding(model_id, key)
+    except CacheUnavailable as exc:
+        if not has_image:
+            raise CacheUnavailable(
+                "the embedding cache is unavailable: resend the request with the image", field="image_id"
+            ) from exc
+        return False
+
+
+async def _crop_embeddings(
+    ingress: SamIngress,
+    request: SegmentEverythingRequest,
+    key: str,
+    size: tuple[int, int],
+    encoded: EncodedImage | None,
+) -> tuple[list[str], list[ImageEmbedding | None]]:
+    """Every crop's cache key (the whole image's first) and the embeddings of crops 1.. (None: cached)."""
+    options = request.options()
+    # Checked before any crop is embedded (the decoder checks again, whichever way a job comes).
+    check_options(size, options)
+    boxes = crop_boxes(size, options)
+    keys = [crop_cache_key(key, box, size) for box in boxes]
+    inline = not ingress.cache.shared
+    embeddings: list[ImageEmbedding | None] = []
+    crops: list[EncoderInput] | None = None
+    for index, (box, crop_key) in enumerate(zip(boxes[1:], keys[1:], strict=True), start=1):
+        cached = await _cached(ingress, crop_key, inline=inline, has_image=request.image is not None)
+        if cached is not False:
+            embeddings.append(cached if isinstance(cached, ImageEmbedding) else None)
+            continue
+        if request.image is None:
+            raise CacheMiss(
+                f"crop_n_layers {options.crop_n_layers} needs the image: crop {index} {list(box)} is not cached",
+                field="image",
+            )
+        if crops is None:
+            encoded = encoded or await ingress._read_image(request)
+            crops = await off_loop(crop_encoder_inputs, encoded, ingress.settings.images, boxes, pool="image")
+        embeddings.append(await ingress._encode(crops[index], crop_key))
+    return keys, embeddings
+
+
+async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequest) -> SegmentResult:
+    """Every mask of the image, as `SamAutomaticMaskGenerator` finds them; the body is JSON-ready."""
+    started = time.perf_counter()
+    ingress._check_version(request.sam_version_id)
+    options = request.options()
+    check_grid(options)
+    inline = not ingress.cache.shared
+    encoded: EncodedImage | None = None
+    key = request.image_id
+    if key is None:
+        encoded = await ingress._read_image(request)
+        key = encoded.content_id
+    whole = await _cached(ingress, key, inline=inline, has_image=request.image is not None)
+    source = "cache"
+    if whole is False:
+        if request.image is None:
+            raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
+        encoded = encoded or await ingress._read_image(request)
+        whole = await ingress._encode(await ingress._encoder_input(encoded), key)
+        source = "encoder"
+    elif whole is True and options.crop_n_layers > 0:
+        # Only crops need the image's size here (the decoder reads the embedding itself).
+        embedding = await ingress.cache.get_embedding(await ingress.model_id(), key)
+        if embedding is None:
+            raise CacheMiss("the cached embedding was evicted: send the image", field="image_id")
+        whole = embedding
+    embeddings: list[ImageEmbedding | None] = [whole if isinstance(whole, ImageEmbedding) else None]
+    if source == "cache" and not inline:
+        embeddings = [None]
+    keys = [key]
+    if options.crop_n_layers > 0:
+        assert isinstance(whole, ImageEmbedding)
+        keys, more = await _crop_embeddings(ingress, request, key, whole.original_size, encoded)
+        embeddings += more
+    job = EverythingJob(crop_keys=keys, options=options, format=request.format, embeddings=embeddings)
+    try:
+        result: SegmentResult = await ingress.decoder.segment_everything.remote(job)
+    except BackPressureError as exc:
+        raise Overloaded("the decoders are at capacity: retry shortly") from exc
+    assert isinstance(result.body, dict), "segment everything answers json"
+    result.body = {"image_id": key, **result.body, "time": time.perf_counter() - started}
+    result.timings["total_s"] = time.perf_counter() - started
+    metrics.request_served(EVERYTHING_ROUTE, request.format, source, result.timings["total_s"])
+    return result
