@@ -7,11 +7,17 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sam_cli.arguments import settings_from
 from sam_core.errors import ConfigurationError
 from sam_core.everything import EverythingOptions
+
+if TYPE_CHECKING:
+    from sam_core.model.build import LoadedModel
+    from sam_core.model.decoder import OnnxDecoder
+    from sam_core.settings import Settings
+    from sam_core.wire.images import LoadedImage
 
 GENERATOR_FLAGS = EverythingOptions().as_kwargs()
 """`sam-serve everything`'s flags (`--points-per-side`, ...): the generator's parameters, its defaults."""
@@ -54,22 +60,28 @@ def cmd_export_decoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> tuple[Settings, LoadedModel, OnnxDecoder, LoadedImage, dict[str, float]]:
+    """The in-process commands' start: settings, the model and its decoder (timed as load_s), the image."""
+    from sam_core.service import configured_decoder, load_configured_model
+    from sam_core.wire.images import decode_image_bytes
+
+    settings = settings_from(args)
+    started = time.perf_counter()
+    model = load_configured_model(settings)
+    decoder = configured_decoder(model.sam, model.identity, settings, threads=settings.decoder_threads)
+    timings = {"load_s": time.perf_counter() - started}
+    image = decode_image_bytes(Path(args.image).read_bytes(), settings.images, field="image")
+    return settings, model, decoder, image, timings
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
     from sam_core.model.prompts import build_prompt
-    from sam_core.service import configured_decoder, configured_encoder, load_configured_model
-    from sam_core.wire.images import decode_image_bytes
+    from sam_core.service import configured_encoder
     from sam_core.wire.masks import encode_png, encode_rle, mask_to_polygon
 
-    settings = settings_from(args)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    model = load_configured_model(settings)
-    decoder = configured_decoder(model.sam, model.identity, settings, threads=settings.decoder_threads)
-    timings["load_s"] = time.perf_counter() - started
-
-    image = decode_image_bytes(Path(args.image).read_bytes(), settings.images, field="image")
+    settings, model, decoder, image, timings = _load(args)
     started = time.perf_counter()
     embedding = configured_encoder(model, settings).embed(image.pixels)
     timings["embed_s"] = time.perf_counter() - started
@@ -119,9 +131,8 @@ def cmd_everything(args: argparse.Namespace) -> int:
 
     from sam_core.everything_service import encode_records
     from sam_core.model.everything import check_options, crop_boxes, generate_everything
-    from sam_core.service import configured_decoder, configured_encoder, load_configured_model
+    from sam_core.service import configured_encoder
     from sam_core.wire.everything import SegmentEverythingRequest
-    from sam_core.wire.images import decode_image_bytes
 
     given = {name: value for name, value in vars(args).items() if name in GENERATOR_FLAGS and value is not None}
     try:
@@ -129,14 +140,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigurationError(str(first["msg"]), field=".".join(map(str, first["loc"]))) from None
-    settings = settings_from(args)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    model = load_configured_model(settings)
-    decoder = configured_decoder(model.sam, model.identity, settings, threads=settings.decoder_threads)
-    timings["load_s"] = time.perf_counter() - started
-
-    image = decode_image_bytes(Path(args.image).read_bytes(), settings.images, field="image")
+    settings, model, decoder, image, timings = _load(args)
     check_options(image.size, options)
     started = time.perf_counter()
     encoder = configured_encoder(model, settings)
