@@ -53,7 +53,9 @@ class SamDecoder:
         # One decode at a time per replica: they would only compete for the same cores.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-decoder")
         # Segment-everything runs take seconds to minutes: their own thread, so clicks never queue behind one.
-        self.everything = EverythingService(self.service, threads=threads)
+        self.everything = EverythingService(
+            self.service, threads=threads, max_batch_bytes=settings.everything_max_batch_bytes
+        )
         self.everything_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-everything")
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         log.info("SamDecoder ready: model=%s threads=%d", self.service.identity.model_id, threads)

@@ -75,7 +75,7 @@ async def _crop_embeddings(
     """Every crop's cache key (the whole image's first) and the embeddings of crops 1.. (None: cached)."""
     options = request.options()
     # Checked before any crop is embedded (the decoder checks again, whichever way a job comes).
-    check_options(size, options)
+    check_options(size, options, max_batch_bytes=ingress.settings.everything_max_batch_bytes)
     boxes = crop_boxes(size, options)
     keys = [crop_cache_key(key, box, size) for box in boxes]
     inline = not ingress.cache.shared

@@ -141,14 +141,15 @@ def cmd_everything(args: argparse.Namespace) -> int:
         first = exc.errors()[0]
         raise ConfigurationError(str(first["msg"]), field=".".join(map(str, first["loc"]))) from None
     settings, model, decoder, image, timings = _load(args)
-    check_options(image.size, options)
+    check_options(image.size, options, max_batch_bytes=settings.everything_max_batch_bytes)
     started = time.perf_counter()
     encoder = configured_encoder(model, settings)
     crops = [np.ascontiguousarray(image.pixels[y0:y1, x0:x1]) for x0, y0, x1, y1 in crop_boxes(image.size, options)]
     embeddings = [encoder.embed(crop) for crop in crops]
     timings["embed_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    records = encode_records(generate_everything(decoder, embeddings, options), args.format)
+    generated = generate_everything(decoder, embeddings, options, max_batch_bytes=settings.everything_max_batch_bytes)
+    records = encode_records(generated, args.format)
     timings["generate_s"] = time.perf_counter() - started
     Path(args.out).write_text(json.dumps(records))
     summary = {"model_id": model.identity.model_id, "image_size": list(image.size), "masks": len(records)}

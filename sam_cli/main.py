@@ -61,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         "everything", help="every mask of an image (SamAutomaticMaskGenerator's algorithm), in-process"
     )
     add_model_options(everything)
-    add_setting_flags(everything, "encoder_dtype", "decoder_quantize", aliases={"decoder_quantize": "--quantize"})
+    add_setting_flags(
+        everything,
+        "encoder_dtype",
+        "decoder_quantize",
+        "everything_max_batch_bytes",
+        aliases={"decoder_quantize": "--quantize"},
+    )
     everything.add_argument("image", help="image file")
     everything.add_argument("--out", required=True, help="write the mask records (COCO-style JSON list) here")
     everything.add_argument("--format", choices=["rle", "json", "png"], default="rle", help="segmentation encoding")

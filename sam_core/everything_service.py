@@ -14,7 +14,7 @@ from typing import Any
 
 from sam_core.embedding import ImageEmbedding
 from sam_core.errors import CacheMiss
-from sam_core.model.everything import check_options, generate_everything, total_points
+from sam_core.model.everything import MAX_BATCH_LOGIT_BYTES, check_options, generate_everything, total_points
 from sam_core.service import DecoderService
 from sam_core.wire.everything import EverythingJob
 from sam_core.wire.image_checks import check_image_size
@@ -30,9 +30,10 @@ Progress = Callable[[int, int], None]
 class EverythingService:
     """Runs `SamAutomaticMaskGenerator`'s algorithm with a decoder service's ONNX decoder, cache and limits."""
 
-    def __init__(self, decoders: DecoderService, *, threads: int) -> None:
+    def __init__(self, decoders: DecoderService, *, threads: int, max_batch_bytes: int = MAX_BATCH_LOGIT_BYTES) -> None:
         self.decoders = decoders
         self.threads = threads
+        self.max_batch_bytes = max_batch_bytes
 
     async def load_embeddings(self, job: EverythingJob) -> list[ImageEmbedding]:
         """One embedding per crop: inline where the job carries it, else from the cache (CacheMiss if gone)."""
@@ -53,7 +54,7 @@ class EverythingService:
         embeddings = await self.load_embeddings(job)
         original_size = embeddings[0].original_size
         check_image_size(original_size, self.decoders.limits, field="image")
-        check_options(original_size, job.options)
+        check_options(original_size, job.options, max_batch_bytes=self.max_batch_bytes)
         loaded = time.perf_counter()
         cancelled = threading.Event()
         loop = asyncio.get_running_loop()
@@ -84,7 +85,12 @@ class EverythingService:
 
         started = time.perf_counter()
         records = generate_everything(
-            self.decoders.decoder, embeddings, job.options, cancelled=cancelled, progress=batch_done
+            self.decoders.decoder,
+            embeddings,
+            job.options,
+            cancelled=cancelled,
+            progress=batch_done,
+            max_batch_bytes=self.max_batch_bytes,
         )
         generated = time.perf_counter()
         encoded = encode_records(records, job.format)

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         description="per decoder replica: decoded embeddings kept locally (4 MiB each), checked against the "
         "shared cache by an 8-byte tag on every click; 0 = read every embedding in full",
     )
+    everything_max_batch_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=64 * 1024**2,
+        description="segment everything: most bytes of float32 full-size logits one batch of points may hold "
+        "(points_per_batch x 3 x H x W x 4; a run peaks at about twice that); more is a 413 naming points_per_batch",
+    )
     redis_url: str | None = Field(default=None, description="redis://host:port/db; None = in-memory cache")
     cache_ttl_s: int = Field(default=3600, gt=0, description="time to live of every cached entry")
     cache_timeout_s: float = Field(default=0.5, gt=0, description="Redis socket timeout per operation")

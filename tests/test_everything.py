@@ -150,6 +150,8 @@ def test_settings_the_generator_cannot_run_are_refused() -> None:
     assert too_big.value.field == "points_per_batch"
     assert "points_per_batch <= 59" in too_big.value.reason
     check_options((1500, 2250), EverythingOptions())  # the generator's defaults fit a 3.4 MP image
+    with pytest.raises(ImageTooLarge, match="points_per_batch <= 26"):
+        check_options((1500, 2250), EverythingOptions(), max_batch_bytes=1024**3)
     with pytest.raises(InvalidInput) as no_points:
         check_options(SIZE, EverythingOptions(points_per_side=4, crop_n_layers=2, crop_n_points_downscale_factor=4))
     assert no_points.value.field == "crop_n_points_downscale_factor"
@@ -349,3 +351,7 @@ def test_the_command_line_writes_coco_style_records(
     bad = main(["everything", str(path), "--out", str(out), *flags, "--box-nms-thresh", "1.5"])
     assert bad == 2
     assert "box_nms_thresh" in capsys.readouterr().err
+    # The batch-memory bound is a setting: 1024 points of 3 masks at 320x240 are 944 MB of logits.
+    capped = ["--everything-max-batch-bytes", str(64 * 1024**2), "--points-per-batch", "1024"]
+    assert main(["everything", str(path), "--out", str(out), *flags, "--device", "cpu", *capped]) == 2
+    assert "points_per_batch <= 72" in capsys.readouterr().err

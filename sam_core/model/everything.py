@@ -31,8 +31,9 @@ INPUT_FRAME = 1024
 """The encoder's input side (every SAM variant's `image_encoder.img_size`)."""
 
 MAX_BATCH_LOGIT_BYTES = 4 * 1024**3
-"""Most bytes of float32 full-size logits one batch of points may hold (points_per_batch x 3 x H x W x 4): the
-generator's default 64 points fit a 2250x1500 image (2.6 GB); more is a 413 asking for a smaller batch."""
+"""The default bound on one batch's float32 full-size logits (points_per_batch x 3 x H x W x 4; the setting
+`everything_max_batch_bytes`): the generator's default 64 points fit a 2250x1500 image (2.6 GB); more is a 413
+asking for a smaller batch."""
 
 
 def crop_boxes(original_size: tuple[int, int], options: EverythingOptions) -> list[tuple[int, int, int, int]]:
@@ -58,17 +59,19 @@ def check_grid(options: EverythingOptions) -> None:
         raise InvalidInput(options.no_points_reason(), field="crop_n_points_downscale_factor")
 
 
-def check_options(original_size: tuple[int, int], options: EverythingOptions) -> None:
+def check_options(
+    original_size: tuple[int, int], options: EverythingOptions, *, max_batch_bytes: int = MAX_BATCH_LOGIT_BYTES
+) -> None:
     """Refuse settings the generator cannot run on this image: a crop layer with no points left, or a batch
-    whose full-size logits would be over MAX_BATCH_LOGIT_BYTES."""
+    whose full-size logits would be over `max_batch_bytes`."""
     check_grid(options)
     height, width = original_size
     batch_bytes = options.points_per_batch * 3 * height * width * 4
-    if batch_bytes > MAX_BATCH_LOGIT_BYTES:
-        most = max(1, MAX_BATCH_LOGIT_BYTES // (3 * height * width * 4))
+    if batch_bytes > max_batch_bytes:
+        most = max(1, max_batch_bytes // (3 * height * width * 4))
         raise ImageTooLarge(
             f"{options.points_per_batch} points of 3 masks at {width}x{height} are {batch_bytes} bytes of logits "
-            f"(at most {MAX_BATCH_LOGIT_BYTES}): use points_per_batch <= {most}",
+            f"(at most {max_batch_bytes}): use points_per_batch <= {most}",
             field="points_per_batch",
         )
 
@@ -149,6 +152,7 @@ def generate_everything(
     *,
     cancelled: threading.Event | None = None,
     progress: Callable[[int], None] = lambda points: None,
+    max_batch_bytes: int = MAX_BATCH_LOGIT_BYTES,
 ) -> list[dict[str, Any]]:
     """`SamAutomaticMaskGenerator(...).generate(image)`'s records, `segmentation` as uncompressed RLE
     (`{"size": [h, w], "counts": [...]}`), decoded from `embeddings`: one per crop of
@@ -160,7 +164,7 @@ def generate_everything(
     from segment_anything import SamAutomaticMaskGenerator
 
     original_size = embeddings[0].original_size
-    check_options(original_size, options)
+    check_options(original_size, options, max_batch_bytes=max_batch_bytes)
     assert len(embeddings) == len(crop_boxes(original_size, options)), "one embedding per crop"
     # The generator builds a SamPredictor from its model, reading only the input frame's side; the predictor
     # is then replaced, so no torch network is needed here.
