@@ -153,7 +153,14 @@ class Bench:
         return Settings(**{**values, **overrides})
 
     def deploy(
-        self, model_type: str, *, decoders: int, decoder_threads: int, encoder_cpus: float = 2, **settings: Any
+        self,
+        model_type: str,
+        *,
+        decoders: int,
+        decoder_threads: int,
+        encoder_cpus: float = 2,
+        ingresses: int = 1,
+        **settings: Any,
     ) -> None:
         """(Re)deploy the app; each replica's num_cpus sets its threads, as in production."""
         from ray import serve
@@ -168,6 +175,7 @@ class Bench:
                 "autoscaling_config": None,
                 "ray_actor_options": {"num_cpus": decoder_threads},
             },
+            ingress_options={"num_replicas": ingresses},
         )
         serve.run(app, name="sam", route_prefix="/")
 

@@ -16,7 +16,8 @@ then measures, alternating each measurement with its reference where both are ti
   6. Redis bytes per cached image vs a float32 embedding;
   7. encoder runs per 20-click session over 2 decoder replicas vs a per-process cache with 2 workers;
   8. 50 boxes on one image as one request (`prompts`) vs 50 single requests and vs a bare decode loop;
-  9. segment everything over HTTP vs SamAutomaticMaskGenerator in process (8 and 32 points per side).
+  9. segment everything over HTTP vs SamAutomaticMaskGenerator in process (8 and 32 points per side);
+ 10. single flight: encoder runs and wall time of 8 concurrent cold requests of one image, 2 ingress replicas.
 
 Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~15 min here; --quick ~4 min)
 """
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clicks import follow_up_latency, follow_up_throughput
 from everything import everything
+from flight import single_flight
 from harness import Bench, Report, redis_server
 from model_runs import cold_request, decoder_options, encoder_batching, encoder_runs, encodings, redis_bytes
 from prompts import many_boxes
@@ -55,7 +57,7 @@ def main() -> None:
         "--only",
         type=lambda text: set(text.split(",")),
         help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts,"
-        "everything",
+        "everything,flight",
     )
     args = parser.parse_args()
 
@@ -94,6 +96,7 @@ def main() -> None:
                 ("encodings", lambda: encodings(report, repeats=5)),
                 ("prompts", lambda: many_boxes(bench, report, boxes=50, repeats=3)),
                 ("everything", lambda: everything(bench, report, ((8, 2),) if args.quick else ((8, 2), (32, 1)))),
+                ("flight", lambda: single_flight(bench, report)),
             ]
             for name, section in sections:
                 if not args.only or name in args.only:

@@ -48,6 +48,10 @@ class SamIngress(Protocol):
 
     async def _encode(self, image: EncoderInput, cache_key: str) -> ImageEmbedding: ...
 
+    async def _embed_once(
+        self, key: str, encoded: EncodedImage, stages: dict[str, float], *, inline: bool
+    ) -> tuple[ImageEmbedding | None, str]: ...
+
 
 async def _cached(ingress: SamIngress, key: str, *, inline: bool, has_image: bool) -> ImageEmbedding | bool:
     """The cached embedding (`inline`: the ingress's own per-process cache) or whether the shared cache holds
@@ -116,8 +120,9 @@ async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequ
         if request.image is None:
             raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
         encoded = encoded or await ingress._read_image(request)
-        whole = await ingress._encode(await ingress._encoder_input(encoded), key)
-        source = "encoder"
+        found, source = await ingress._embed_once(key, encoded, {}, inline=True)
+        assert found is not None, "inline=True gives the embedding"
+        whole = found
     elif whole is True and options.crop_n_layers > 0:
         # Only crops need the image's size here (the decoder reads the embedding itself).
         embedding = await ingress.cache.get_embedding(await ingress.model_id(), key)

@@ -29,6 +29,7 @@ from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, Overloaded, UnknownModel
 from sam_core.service import cache_from_settings
 from sam_core.settings import Settings
+from sam_core.single_flight import SingleFlight
 from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingRequest, SegmentEverythingResponse
 from sam_core.wire.images import EncodedImage, encoder_input, read_image
 from sam_core.wire.jobs import client_embedding, explicit_mask_input, prompt_mask_inputs, segment_job
@@ -85,9 +86,11 @@ class SamIngress:
         self.settings = settings
         self.cache = cache_from_settings(settings)
         self.cache.read_observer = metrics.cache_read
+        self.flights = SingleFlight(self.cache, lock_ttl_s=settings.embed_lock_ttl_s, wait_s=settings.embed_wait_s)
         BodySizeLimit.max_bytes = settings.max_body_bytes
         BearerAuth.token = settings.auth_token.get_secret_value().encode() if settings.auth_token else None
         self._model_id: str | None = None
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
 
     async def model_id(self) -> str:
         """The served model's identity, asked of a decoder once (it resolves the checkpoint)."""
@@ -149,10 +152,12 @@ class SamIngress:
                 ) from exc
         if cached is None and request.image is None:
             raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
-        embedding = cached
+        embedding, source = cached, "cache"
         if embedding is None:
-            image = await self._encoder_input(encoded or await self._read_image(request))
-            embedding = await self._encode(image, key)
+            encoded = encoded or await self._read_image(request)
+            found, source = await self._embed_once(key, encoded, {}, inline=True)
+            assert found is not None, "inline=True gives the embedding"
+            embedding = found
         response = EmbedImageResponse(
             image_id=key,
             original_size=embedding.original_size,
@@ -160,7 +165,6 @@ class SamIngress:
             time=time.perf_counter() - started,
         )
         npy = embedding_to_npy(embedding.embedding) if request.format == "binary" else None
-        source = "encoder" if cached is None else "cache"
         metrics.request_served(EMBED_ROUTE, request.format, source, time.perf_counter() - started)
         return EmbedResult(response=response, embedding=embedding.embedding, npy=npy)
 
@@ -214,15 +218,53 @@ class SamIngress:
         started: float,
         stages: dict[str, float],
     ) -> SegmentResult:
-        """A new image: decode it, embed it (the encoder caches it), then decode with the embedding inline."""
-        loading = time.perf_counter()
-        image = await self._encoder_input(encoded or await self._read_image(request))
-        stages["image_s"] = time.perf_counter() - loading
-        encoding = time.perf_counter()
+        """A new image: embedded once for every concurrent request of it (single flight), then decoded, with
+        the embedding inline when this request's flight has it in hand."""
+        encoded = encoded or await self._read_image(request)
         assert job.cache_key is not None, "segment() names the entry before encoding"
-        job.embedding = await self._encode(image, job.cache_key)
-        stages["encoder_s"] = time.perf_counter() - encoding
-        return self._finish(await self._decode(job), job, started, source="encoder", stages=stages)
+        job.embedding, source = await self._embed_once(job.cache_key, encoded, stages, inline=not self.cache.shared)
+        try:
+            result = await self._decode(job)
+        except CacheMiss:
+            if job.embedding is not None:
+                raise
+            # Landed in the shared cache by another replica and evicted before this decode: embed it here.
+            job.embedding = await self._encode(await self._encoder_input(encoded), job.cache_key)
+            result = await self._decode(job)
+        return self._finish(result, job, started, source=source, stages=stages)
+
+    async def _embed_once(
+        self, key: str, encoded: EncodedImage, stages: dict[str, float], *, inline: bool
+    ) -> tuple[ImageEmbedding | None, str]:
+        """The image's embedding from the one encoder run of it that concurrent requests share, across
+        ingress replicas (`sam_core.single_flight`), and where it came from (`encoder` or `cache`).
+
+        None when another replica's run put it in the shared cache and `inline` is False (the decoder reads it
+        there). `stages` gets this request's image and encoder times, or the time it waited for another run.
+        """
+        model_id = await self.model_id()
+
+        async def embed() -> ImageEmbedding:
+            loading = time.perf_counter()
+            image = await self._encoder_input(encoded)
+            encoding = time.perf_counter()
+            stages["image_s"] = encoding - loading
+            embedding = await self._encode(image, key)
+            stages["encoder_s"] = time.perf_counter() - encoding
+            return embedding
+
+        waiting = time.perf_counter()
+        flight = await self.flights.run(model_id, key, encoded.content_id, embed)
+        metrics.embed_flight(model_id, flight.role)
+        if flight.role not in ("own", "holder"):
+            stages["wait_s"] = time.perf_counter() - waiting
+        source = "encoder" if flight.role in ("own", "holder", "joined") else "cache"
+        embedding = flight.embedding
+        if embedding is None and inline:
+            embedding = await self.cache.get_embedding(model_id, key)
+            if embedding is None:  # landed, then evicted before this read
+                embedding = await embed()
+        return embedding, source
 
     async def _probably_cached(self, cache_key: str) -> bool:
         """Whether the shared cache holds this image's embedding (its header only); False when it cannot say.
@@ -302,6 +344,7 @@ class SamIngress:
         headers = {
             "X-Process-Time": f"{result.timings.get('total_s', 0.0):.6f}",
             "X-Decoder-Replica": result.replica or "",
+            "X-Ingress-Replica": self.replica_id,
             # W3C Server-Timing (ms): where the time went, readable in browsers' dev tools and by benchmarks.
             "Server-Timing": ", ".join(
                 f"{name.removesuffix('_s')};dur={seconds * 1e3:.2f}" for name, seconds in result.timings.items()

@@ -71,6 +71,7 @@ class _Metrics:
     errors: Counter
     everything_points: Counter
     everything_runs: Counter
+    embed_flights: Counter
 
 
 @functools.cache
@@ -138,6 +139,14 @@ def _metrics() -> _Metrics:
             description="Segment-everything runs ended, by result: done, cancelled (the client left) or failed.",
             tag_keys=_keys("model_id", "result"),
         ),
+        embed_flights=Counter(
+            "sam_embed_flights_total",
+            description="Requests that needed a new image's embedding, by how they got it (single flight): holder "
+            "(ran the encoder holding the image's lock), joined (shared a run of the same ingress replica), waited "
+            "(another replica's run landed), landed (cached by the time it asked), own (ran it without the lock: "
+            "cache down, another image under its image_id, or it waited embed_wait_s).",
+            tag_keys=_keys("model_id", "role"),
+        ),
     )
 
 
@@ -188,3 +197,8 @@ def everything_points(model_id: str, points: int) -> None:
 def everything_run(model_id: str, result: str) -> None:
     """A segment-everything run ended: done, cancelled or failed."""
     _metrics().everything_runs.inc(tags={"model_id": model_id, "result": result})
+
+
+def embed_flight(model_id: str, role: str) -> None:
+    """One request that needed a new image's embedding; `role`: how it got it (`sam_core.single_flight.Role`)."""
+    _metrics().embed_flights.inc(tags={"model_id": model_id, "role": role})

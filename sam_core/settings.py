@@ -100,6 +100,20 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(default=3600, gt=0, description="time to live of every cached entry")
     cache_timeout_s: float = Field(default=0.5, gt=0, description="Redis socket timeout per operation")
     memory_cache_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="in-memory LRU bound")
+    embed_lock_ttl_s: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=600,
+        description="single flight: life of the Redis lock an ingress holds while it has an image embedded (its "
+        "holder renews it every third of this; a holder that dies frees it after this long)",
+    )
+    embed_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="single flight: longest a request waits for another replica's run of the same image before "
+        "it has the image embedded itself (0: never wait)",
+    )
     images: ImageLimits = Field(default_factory=ImageLimits)
     auth_token: SecretStr | None = Field(
         default=None, description="when set, /sam/* routes require `Authorization: Bearer <token>`"

@@ -217,10 +217,17 @@ SMALL_REPLICA = {"ray_actor_options": {"num_cpus": 0.25}}
 
 
 @contextmanager
-def second_app(name: str, settings: Settings, *, decoder_options: Mapping[str, Any] | None = None) -> Iterator[Any]:
+def second_app(
+    name: str,
+    settings: Settings,
+    *,
+    decoder_options: Mapping[str, Any] | None = None,
+    ingress_options: Mapping[str, Any] | None = None,
+) -> Iterator[Any]:
     """Another application in the test cluster under `/<name>`, for tests that break or reconfigure it
     (Redis faults, auth, overload, autoscaling) without touching the session's `serve_app`. Yields its handle.
-    One decoder replica, no autoscaling, unless `decoder_options` says otherwise.
+    One decoder and one ingress replica, no autoscaling, unless `decoder_options` / `ingress_options` say
+    otherwise.
     """
     from ray import serve
 
@@ -229,7 +236,8 @@ def second_app(name: str, settings: Settings, *, decoder_options: Mapping[str, A
     decoder = {**SMALL_REPLICA, "num_replicas": 1, "autoscaling_config": None, **(decoder_options or {})}
     if "autoscaling_config" in (decoder_options or {}):
         decoder.pop("num_replicas")
-    app = compose(settings, encoder_options=SMALL_REPLICA, decoder_options=decoder, ingress_options=SMALL_REPLICA)
+    ingress = {**SMALL_REPLICA, **(ingress_options or {})}
+    app = compose(settings, encoder_options=SMALL_REPLICA, decoder_options=decoder, ingress_options=ingress)
     handle = serve.run(app, name=name, route_prefix=f"/{name}")
     try:
         yield handle

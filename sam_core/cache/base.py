@@ -7,7 +7,8 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -30,6 +31,15 @@ T = TypeVar("T")
 
 CacheReadObserver = Callable[[str, str, str], None]
 """Told of every cache read, once per kind: (model_id, kind, "hit" | "miss" | "unavailable")."""
+
+
+@dataclass(frozen=True)
+class FlightClaim:
+    """What `claim_embedding_run` found: `landed` (cached now), `claimed` (the caller holds the run) or
+    `held` (another caller does; `holder` is the value it set)."""
+
+    state: Literal["landed", "claimed", "held"]
+    holder: str | None = None
 
 
 class EmbeddingCache(abc.ABC):
@@ -96,6 +106,28 @@ class EmbeddingCache(abc.ABC):
         if not payloads:
             return None
         return self._decoded(decode_low_res_logits, payloads[0], model_id, image_id, KIND_LOW_RES_LOGITS)
+
+    # ---- single flight: one embedding run per image across processes ------------------------------------
+
+    async def claim_embedding_run(self, model_id: str, image_id: str, owner: str, ttl_s: float) -> FlightClaim:
+        """Atomically: `landed` when the embedding is cached; else `claimed` when this caller now holds the
+        image's run lock (`owner` is its value, held for `ttl_s` unless renewed); else `held`, with the
+        holder's value.
+
+        A backend no other process sees has no one to coordinate with: its callers always claim (the
+        ingress coalesces its own concurrent requests before it asks).
+        """
+        if await self.has_embedding(model_id, image_id):
+            return FlightClaim("landed")
+        return FlightClaim("claimed")
+
+    async def renew_embedding_run(self, model_id: str, image_id: str, owner: str, ttl_s: float) -> bool:
+        """Extend the run lock `owner` holds; False when it no longer holds it (it expired, or Redis lost it)."""
+        return True
+
+    async def release_embedding_run(self, model_id: str, image_id: str, owner: str) -> None:
+        """Free the run lock if `owner` still holds it (never another holder's)."""
+        return
 
     @abc.abstractmethod
     async def ping(self) -> bool:

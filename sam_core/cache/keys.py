@@ -33,3 +33,8 @@ def cache_key(model_id: str, image_id: str, kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"cache kind {kind!r} is not one of {KINDS}")
     return f"sam:{model_id}:{image_id_hash(image_id)}:{kind}"
+
+
+def flight_key(model_id: str, image_id: str) -> str:
+    """`sam:{model_id}:{sha256(image_id)[:32]}:flight`: the single-flight lock of an image's embedding run."""
+    return cache_key(model_id, image_id, KIND_EMBEDDING).removesuffix(f":{KIND_EMBEDDING}") + ":flight"

@@ -14,13 +14,34 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from sam_core.cache.base import EmbeddingCache
+from sam_core.cache.base import EmbeddingCache, FlightClaim
 from sam_core.cache.codec import HEADER_BYTES
+from sam_core.cache.keys import KIND_EMBEDDING, cache_key, flight_key
 from sam_core.errors import CacheUnavailable, ConfigurationError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+# Single flight, each step atomic in Redis. KEYS[1] the embedding, KEYS[2] the run lock; ARGV owner, TTL (ms).
+# Returns {2} when the embedding is cached, {1} when the caller now holds the lock, {0, holder} when another does.
+_CLAIM_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {2, false} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, false} end
+return {0, redis.call('GET', KEYS[2])}
+"""
+
+# Renew or release the lock only while the caller is its holder: a late holder never frees another's lock.
+_RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class RedisEmbeddingCache(EmbeddingCache):
@@ -134,6 +155,26 @@ class RedisEmbeddingCache(EmbeddingCache):
 
     async def _remove(self, keys: Sequence[str]) -> None:
         await self._call("delete", lambda client: client.delete(*keys))
+
+    async def claim_embedding_run(self, model_id: str, image_id: str, owner: str, ttl_s: float) -> FlightClaim:
+        keys = [cache_key(model_id, image_id, KIND_EMBEDDING), flight_key(model_id, image_id)]
+        ttl_ms = max(1, round(ttl_s * 1000))
+        state, holder = await self._call("claim", lambda client: client.eval(_CLAIM_SCRIPT, 2, *keys, owner, ttl_ms))
+        if state == 2:
+            return FlightClaim("landed")
+        if state == 1:
+            return FlightClaim("claimed", owner)
+        # The holder's lock may have expired between the SET and the GET: nil, which the caller retries.
+        return FlightClaim("held", holder.decode() if isinstance(holder, bytes) else None)
+
+    async def renew_embedding_run(self, model_id: str, image_id: str, owner: str, ttl_s: float) -> bool:
+        key, ttl_ms = flight_key(model_id, image_id), max(1, round(ttl_s * 1000))
+        renewed = await self._call("renew", lambda client: client.eval(_RENEW_SCRIPT, 1, key, owner, ttl_ms))
+        return bool(renewed)
+
+    async def release_embedding_run(self, model_id: str, image_id: str, owner: str) -> None:
+        key = flight_key(model_id, image_id)
+        await self._call("release", lambda client: client.eval(_RELEASE_SCRIPT, 1, key, owner))
 
     async def ping(self) -> bool:
         try:
