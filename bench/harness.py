@@ -160,6 +160,7 @@ class Bench:
         decoder_threads: int,
         encoder_cpus: float = 2,
         ingresses: int = 1,
+        decoder_router: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         """(Re)deploy the app; each replica's num_cpus sets its threads, as in production."""
@@ -174,6 +175,8 @@ class Bench:
                 "num_replicas": decoders,
                 "autoscaling_config": None,
                 "ray_actor_options": {"num_cpus": decoder_threads},
+                # None: the deployment's own (image-keyed consistent hashing); {}: Ray Serve's default router.
+                **({} if decoder_router is None else {"request_router_config": decoder_router}),
             },
             ingress_options={"num_replicas": ingresses},
         )

@@ -17,7 +17,9 @@ then measures, alternating each measurement with its reference where both are ti
   7. encoder runs per 20-click session over 2 decoder replicas vs a per-process cache with 2 workers;
   8. 50 boxes on one image as one request (`prompts`) vs 50 single requests and vs a bare decode loop;
   9. segment everything over HTTP vs SamAutomaticMaskGenerator in process (8 and 32 points per side);
- 10. single flight: encoder runs and wall time of 8 concurrent cold requests of one image, 2 ingress replicas.
+ 10. single flight: encoder runs and wall time of 8 concurrent cold requests of one image, 2 ingress replicas;
+ 11. decoder routing: local-copy hits, Redis bytes per click, copies and RSS per replica, click p50/p99, with
+     image-keyed consistent hashing vs Ray Serve's default router (3 replicas, 12 images x 20 clicks).
 
 Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~15 min here; --quick ~4 min)
 """
@@ -43,6 +45,7 @@ from flight import single_flight
 from harness import Bench, Report, redis_server
 from model_runs import cold_request, decoder_options, encoder_batching, encoder_runs, encodings, redis_bytes
 from prompts import many_boxes
+from routing import routing
 
 from sam_cli.local_redis import free_port
 
@@ -57,7 +60,7 @@ def main() -> None:
         "--only",
         type=lambda text: set(text.split(",")),
         help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts,"
-        "everything,flight",
+        "everything,flight,routing",
     )
     args = parser.parse_args()
 
@@ -97,6 +100,7 @@ def main() -> None:
                 ("prompts", lambda: many_boxes(bench, report, boxes=50, repeats=3)),
                 ("everything", lambda: everything(bench, report, ((8, 2),) if args.quick else ((8, 2), (32, 1)))),
                 ("flight", lambda: single_flight(bench, report)),
+                ("routing", lambda: routing(bench, report)),
             ]
             for name, section in sections:
                 if not args.only or name in args.only:

@@ -12,6 +12,8 @@ import ray
 from ray import serve
 
 from deployments import metrics
+from deployments.memory import resident_bytes
+from sam_core.cache import LocallyCopiedCache
 from sam_core.everything_service import EverythingService
 from sam_core.service import DecoderService
 from sam_core.settings import Settings
@@ -27,10 +29,22 @@ def _replica_cpus() -> int:
     return max(1, math.ceil(assigned))
 
 
+CONSISTENT_HASH_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
+"""Ray Serve's consistent-hash router: the ingress keys each decoder call by its image (`session_id`), so an
+image's clicks land on the replica that holds its decoded copy; a replica added or removed moves only its
+share of images; a replica at `max_ongoing_requests` hands the call to the next on the ring (up to 2)."""
+
+ROUTER_CONFIG = {
+    "request_router_class": CONSISTENT_HASH_ROUTER,
+    "request_router_kwargs": {"num_virtual_nodes": 100, "num_fallback_replicas": 2},
+}
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 1},
     max_ongoing_requests=4,
     max_queued_requests=64,
+    request_router_config=ROUTER_CONFIG,
     autoscaling_config={
         "min_replicas": 1,
         "max_replicas": 4,
@@ -95,3 +109,13 @@ class SamDecoder:
 
     async def model_id(self) -> str:
         return self.service.identity.model_id
+
+    async def stats(self) -> dict[str, int | str]:
+        """This replica's id, its local copies (count and bytes) and its resident memory."""
+        copies = self.service.cache.copies if isinstance(self.service.cache, LocallyCopiedCache) else None
+        return {
+            "replica": self.replica_id,
+            "local_copies": len(copies) if copies is not None else 0,
+            "local_copy_bytes": copies.nbytes if copies is not None else 0,
+            "rss_bytes": resident_bytes(),
+        }

@@ -8,12 +8,13 @@ second run on the same image (even by `image_id` alone) embeds nothing.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
+from deployments.new_images import NewImages
 from deployments.off_loop import off_loop
 from sam_core.cache import EmbeddingCache
 from sam_core.embedding import EncoderInput, ImageEmbedding
@@ -31,26 +32,18 @@ from sam_core.wire.schemas import SegmentResult
 
 
 class SamIngress(Protocol):
-    """What of the ingress a run uses: its settings, cache and decoder handle, and its image and encoder steps
-    (so this module needs no import of the ingress, which imports it)."""
+    """What of the ingress a run uses: its settings, cache, image steps and decoder handle (so this module
+    needs no import of the ingress, which imports it)."""
 
     settings: Settings
     cache: EmbeddingCache
-    decoder: DeploymentHandle
+    images: NewImages
 
     async def model_id(self) -> str: ...
 
+    def decoder_for(self, cache_key: str | None) -> DeploymentHandle: ...
+
     def _check_version(self, sam_version_id: str | None) -> None: ...
-
-    async def _read_image(self, request: Any) -> EncodedImage: ...
-
-    async def _encoder_input(self, encoded: EncodedImage) -> EncoderInput: ...
-
-    async def _encode(self, image: EncoderInput, cache_key: str) -> ImageEmbedding: ...
-
-    async def _embed_once(
-        self, key: str, encoded: EncodedImage, stages: dict[str, float], *, inline: bool
-    ) -> tuple[ImageEmbedding | None, str]: ...
 
 
 async def _cached(ingress: SamIngress, key: str, *, inline: bool, has_image: bool) -> ImageEmbedding | bool:
@@ -96,9 +89,9 @@ async def _crop_embeddings(
                 field="image",
             )
         if crops is None:
-            encoded = encoded or await ingress._read_image(request)
+            encoded = encoded or await ingress.images.read(request)
             crops = await off_loop(crop_encoder_inputs, encoded, ingress.settings.images, boxes, pool="image")
-        embeddings.append(await ingress._encode(crops[index], crop_key))
+        embeddings.append(await ingress.images.encode(crops[index], crop_key))
     return keys, embeddings
 
 
@@ -112,15 +105,15 @@ async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequ
     encoded: EncodedImage | None = None
     key = request.image_id
     if key is None:
-        encoded = await ingress._read_image(request)
+        encoded = await ingress.images.read(request)
         key = encoded.content_id
     whole = await _cached(ingress, key, inline=inline, has_image=request.image is not None)
     source = "cache"
     if whole is False:
         if request.image is None:
             raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
-        encoded = encoded or await ingress._read_image(request)
-        found, source = await ingress._embed_once(key, encoded, {}, inline=True)
+        encoded = encoded or await ingress.images.read(request)
+        found, source = await ingress.images.embed_once(key, encoded, {}, inline=True)
         assert found is not None, "inline=True gives the embedding"
         whole = found
     elif whole is True and options.crop_n_layers > 0:
@@ -139,7 +132,7 @@ async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequ
         embeddings += more
     job = EverythingJob(crop_keys=keys, options=options, format=request.format, embeddings=embeddings)
     try:
-        result: SegmentResult = await ingress.decoder.segment_everything.remote(job)
+        result: SegmentResult = await ingress.decoder_for(key).segment_everything.remote(job)
     except BackPressureError as exc:
         raise Overloaded("the decoders are at capacity: retry shortly") from exc
     assert isinstance(result.body, dict), "segment everything answers json"

@@ -24,14 +24,14 @@ from ray.serve.handle import DeploymentHandle
 from deployments import everything, metrics
 from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
 from deployments.limits import BearerAuth, BodySizeLimit
+from deployments.new_images import NewImages
 from deployments.off_loop import OffLoopJSONRoute, off_loop
-from sam_core.embedding import EncoderInput, ImageEmbedding
-from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, Overloaded, UnknownModel
+from sam_core.cache import image_id_hash
+from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded, UnknownModel
 from sam_core.service import cache_from_settings
 from sam_core.settings import Settings
-from sam_core.single_flight import SingleFlight
 from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingRequest, SegmentEverythingResponse
-from sam_core.wire.images import EncodedImage, encoder_input, read_image
+from sam_core.wire.images import EncodedImage
 from sam_core.wire.jobs import client_embedding, explicit_mask_input, prompt_mask_inputs, segment_job
 from sam_core.wire.npy import embedding_to_npy
 from sam_core.wire.schemas import (
@@ -86,7 +86,7 @@ class SamIngress:
         self.settings = settings
         self.cache = cache_from_settings(settings)
         self.cache.read_observer = metrics.cache_read
-        self.flights = SingleFlight(self.cache, lock_ttl_s=settings.embed_lock_ttl_s, wait_s=settings.embed_wait_s)
+        self.images = NewImages(encoder, self.cache, settings, self.model_id)
         BodySizeLimit.max_bytes = settings.max_body_bytes
         BearerAuth.token = settings.auth_token.get_secret_value().encode() if settings.auth_token else None
         self._model_id: str | None = None
@@ -98,6 +98,16 @@ class SamIngress:
             self._model_id = str(await self.decoder.model_id.remote())
         return self._model_id
 
+    def decoder_for(self, cache_key: str | None) -> DeploymentHandle:
+        """The decoder handle keyed by the image (its key's hash, never the client's id), so the decoders'
+        consistent-hash router sends an image's every click to the replica holding its decoded copy.
+
+        Without a shared cache the embedding travels inline with every call: no replica holds anything, and
+        the calls spread over the replicas."""
+        if cache_key is None or not self.cache.shared:
+            return self.decoder
+        return self.decoder.options(session_id=image_id_hash(cache_key))
+
     # ---- shared by HTTP and handle calls ----------------------------------------------------------------
 
     def _check_version(self, sam_version_id: str | None) -> None:
@@ -105,31 +115,6 @@ class SamIngress:
             raise UnknownModel(
                 f"this service serves {self.settings.model_type!r}, not {sam_version_id!r}", field="sam_version_id"
             )
-
-    async def _read_image(
-        self, request: EmbedImageRequest | SegmentImageRequest | SegmentEverythingRequest
-    ) -> EncodedImage:
-        """The request's image bytes and their hash (base64 decoding or the URL fetch, off the loop)."""
-        if request.image is None:
-            raise InvalidInput("send the image (or an image_id whose embedding is cached)", field="image")
-        image = request.image
-        return await off_loop(read_image, image.type, image.value, self.settings.images, field="image", pool="image")
-
-    async def _encoder_input(self, encoded: EncodedImage) -> EncoderInput:
-        """The image decoded and resized to the encoder's input frame (off the loop, on the image thread): only
-        for an image whose embedding is not cached."""
-        return await off_loop(encoder_input, encoded, self.settings.images, pool="image")
-
-    async def _encode(self, image: EncoderInput, cache_key: str) -> ImageEmbedding:
-        try:
-            embedding: ImageEmbedding = await self.encoder.embed.remote(image, cache_key)
-        except BackPressureError as exc:
-            raise Overloaded("the encoder is at capacity: retry shortly") from exc
-        if not self.cache.shared:
-            # Without Redis every process has its own cache: the ingress keeps the embeddings and sends them
-            # inline, so follow-ups work whichever decoder replica answers.
-            await self.cache.put_embedding(await self.model_id(), cache_key, embedding)
-        return embedding
 
     async def embed(self, request: EmbedImageRequest) -> EmbedResult:
         """Embed an image unless its embedding is cached; returns metadata (and the .npy when binary)."""
@@ -140,7 +125,7 @@ class SamIngress:
         key = request.image_id
         if key is None:
             # Keyed by the hash of the bytes as sent, taken before any decode: a repeat image costs no decode.
-            encoded = await self._read_image(request)
+            encoded = await self.images.read(request)
             key = encoded.content_id
         cached = None
         try:
@@ -154,8 +139,8 @@ class SamIngress:
             raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
         embedding, source = cached, "cache"
         if embedding is None:
-            encoded = encoded or await self._read_image(request)
-            found, source = await self._embed_once(key, encoded, {}, inline=True)
+            encoded = encoded or await self.images.read(request)
+            found, source = await self.images.embed_once(key, encoded, {}, inline=True)
             assert found is not None, "inline=True gives the embedding"
             embedding = found
         response = EmbedImageResponse(
@@ -181,11 +166,11 @@ class SamIngress:
         stages: dict[str, float] = {}
         if job.cache_key is None:
             # The hash of the bytes as sent, before any decode: a cached repeat image is never decoded.
-            encoded = await self._read_image(request)
+            encoded = await self.images.read(request)
             job.cache_key = encoded.content_id
         if not self.cache.shared:
             job.embedding = await self.cache.get_embedding(await self.model_id(), job.cache_key)
-        elif request.image is not None and not await self._probably_cached(job.cache_key):
+        elif request.image is not None and not await self.images.probably_cached(job.cache_key):
             # A new image goes straight to the encoder: asking a decoder first costs a whole handle hop.
             return await self._encode_and_decode(job, request, encoded, started, stages)
         try:
@@ -220,62 +205,20 @@ class SamIngress:
     ) -> SegmentResult:
         """A new image: embedded once for every concurrent request of it (single flight), then decoded, with
         the embedding inline when this request's flight has it in hand."""
-        encoded = encoded or await self._read_image(request)
+        encoded = encoded or await self.images.read(request)
         assert job.cache_key is not None, "segment() names the entry before encoding"
-        job.embedding, source = await self._embed_once(job.cache_key, encoded, stages, inline=not self.cache.shared)
+        job.embedding, source = await self.images.embed_once(
+            job.cache_key, encoded, stages, inline=not self.cache.shared
+        )
         try:
             result = await self._decode(job)
         except CacheMiss:
             if job.embedding is not None:
                 raise
             # Landed in the shared cache by another replica and evicted before this decode: embed it here.
-            job.embedding = await self._encode(await self._encoder_input(encoded), job.cache_key)
+            job.embedding = await self.images.encode(await self.images.encoder_input(encoded), job.cache_key)
             result = await self._decode(job)
         return self._finish(result, job, started, source=source, stages=stages)
-
-    async def _embed_once(
-        self, key: str, encoded: EncodedImage, stages: dict[str, float], *, inline: bool
-    ) -> tuple[ImageEmbedding | None, str]:
-        """The image's embedding from the one encoder run of it that concurrent requests share, across
-        ingress replicas (`sam_core.single_flight`), and where it came from (`encoder` or `cache`).
-
-        None when another replica's run put it in the shared cache and `inline` is False (the decoder reads it
-        there). `stages` gets this request's image and encoder times, or the time it waited for another run.
-        """
-        model_id = await self.model_id()
-
-        async def embed() -> ImageEmbedding:
-            loading = time.perf_counter()
-            image = await self._encoder_input(encoded)
-            encoding = time.perf_counter()
-            stages["image_s"] = encoding - loading
-            embedding = await self._encode(image, key)
-            stages["encoder_s"] = time.perf_counter() - encoding
-            return embedding
-
-        waiting = time.perf_counter()
-        flight = await self.flights.run(model_id, key, encoded.content_id, embed)
-        metrics.embed_flight(model_id, flight.role)
-        if flight.role not in ("own", "holder"):
-            stages["wait_s"] = time.perf_counter() - waiting
-        source = "encoder" if flight.role in ("own", "holder", "joined") else "cache"
-        embedding = flight.embedding
-        if embedding is None and inline:
-            embedding = await self.cache.get_embedding(model_id, key)
-            if embedding is None:  # landed, then evicted before this read
-                embedding = await embed()
-        return embedding, source
-
-    async def _probably_cached(self, cache_key: str) -> bool:
-        """Whether the shared cache holds this image's embedding (its header only); False when it cannot say.
-
-        Only a hint: an entry evicted after this check is a CacheMiss from the decoder, handled as before. With
-        the cache down, the image in hand is the way that works, so it goes to the encoder.
-        """
-        try:
-            return await self.cache.has_embedding(await self.model_id(), cache_key)
-        except CacheUnavailable:
-            return False
 
     async def _decode(self, job: SegmentJob) -> SegmentResult:
         """One decoder call, retried once on another replica if the first one died mid-call.
@@ -283,11 +226,12 @@ class SamIngress:
         Decoding is idempotent (the only write is the low-res logits, rewritten with the same value), so a
         retry is safe; the router has dropped the dead replica by the time the retry is sent.
         """
+        decoder = self.decoder_for(job.cache_key).segment
         try:
-            result: SegmentResult = await self.decoder.segment.remote(job)
+            result: SegmentResult = await decoder.remote(job)
         except (RayActorError, ReplicaUnavailableError):
             log.warning("decoder replica died during a request; retrying once")
-            result = await self.decoder.segment.remote(job)
+            result = await decoder.remote(job)
         except BackPressureError as exc:
             raise Overloaded("the decoders are at capacity: retry shortly") from exc
         return result

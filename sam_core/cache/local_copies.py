@@ -38,6 +38,11 @@ class LocalEmbeddingCopies:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded arrays held (at most `max_bytes`)."""
+        return int(self._entries.currsize)
+
     def get(self, key: str) -> tuple[bytes, ImageEmbedding] | None:
         with self._lock:
             return self._entries.get(key)

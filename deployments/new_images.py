@@ -1,0 +1,106 @@
+"""How the ingress gets a new image's embedding: the image read and hashed, decoded and resized to the
+encoder's input frame off the event loop, the encoder call, and one run per image for every concurrent
+request of it, across ingress replicas (`sam_core.single_flight`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from deployments import metrics
+from deployments.off_loop import off_loop
+from sam_core.cache import EmbeddingCache
+from sam_core.embedding import EncoderInput, ImageEmbedding
+from sam_core.errors import CacheUnavailable, InvalidInput, Overloaded
+from sam_core.settings import Settings
+from sam_core.single_flight import SingleFlight
+from sam_core.wire.images import EncodedImage, encoder_input, read_image
+
+
+class NewImages:
+    """The ingress's image steps, shared by its routes (segment, embed, segment everything)."""
+
+    def __init__(
+        self,
+        encoder: DeploymentHandle,
+        cache: EmbeddingCache,
+        settings: Settings,
+        model_id: Callable[[], Awaitable[str]],
+    ) -> None:
+        self.encoder = encoder
+        self.cache = cache
+        self.settings = settings
+        self.model_id = model_id
+        self.flights = SingleFlight(cache, lock_ttl_s=settings.embed_lock_ttl_s, wait_s=settings.embed_wait_s)
+
+    async def read(self, request: Any) -> EncodedImage:
+        """The request's image bytes and their hash (base64 decoding or the URL fetch, off the loop); any
+        request model with an `image` field."""
+        if request.image is None:
+            raise InvalidInput("send the image (or an image_id whose embedding is cached)", field="image")
+        image = request.image
+        return await off_loop(read_image, image.type, image.value, self.settings.images, field="image", pool="image")
+
+    async def encoder_input(self, encoded: EncodedImage) -> EncoderInput:
+        """The image decoded and resized to the encoder's input frame (off the loop, on the image thread): only
+        for an image whose embedding is not cached."""
+        return await off_loop(encoder_input, encoded, self.settings.images, pool="image")
+
+    async def encode(self, image: EncoderInput, cache_key: str) -> ImageEmbedding:
+        try:
+            embedding: ImageEmbedding = await self.encoder.embed.remote(image, cache_key)
+        except BackPressureError as exc:
+            raise Overloaded("the encoder is at capacity: retry shortly") from exc
+        if not self.cache.shared:
+            # Without Redis every process has its own cache: the ingress keeps the embeddings and sends them
+            # inline, so follow-ups work whichever decoder replica answers.
+            await self.cache.put_embedding(await self.model_id(), cache_key, embedding)
+        return embedding
+
+    async def embed_once(
+        self, key: str, encoded: EncodedImage, stages: dict[str, float], *, inline: bool
+    ) -> tuple[ImageEmbedding | None, str]:
+        """The image's embedding from the one encoder run of it that concurrent requests share, across
+        ingress replicas (`sam_core.single_flight`), and where it came from (`encoder` or `cache`).
+
+        None when another replica's run put it in the shared cache and `inline` is False (the decoder reads it
+        there). `stages` gets this request's image and encoder times, or the time it waited for another run.
+        """
+        model_id = await self.model_id()
+
+        async def embed() -> ImageEmbedding:
+            loading = time.perf_counter()
+            image = await self.encoder_input(encoded)
+            encoding = time.perf_counter()
+            stages["image_s"] = encoding - loading
+            embedding = await self.encode(image, key)
+            stages["encoder_s"] = time.perf_counter() - encoding
+            return embedding
+
+        waiting = time.perf_counter()
+        flight = await self.flights.run(model_id, key, encoded.content_id, embed)
+        metrics.embed_flight(model_id, flight.role)
+        if flight.role not in ("own", "holder"):
+            stages["wait_s"] = time.perf_counter() - waiting
+        source = "encoder" if flight.role in ("own", "holder", "joined") else "cache"
+        embedding = flight.embedding
+        if embedding is None and inline:
+            embedding = await self.cache.get_embedding(model_id, key)
+            if embedding is None:  # landed, then evicted before this read
+                embedding = await embed()
+        return embedding, source
+
+    async def probably_cached(self, cache_key: str) -> bool:
+        """Whether the shared cache holds this image's embedding (its header only); False when it cannot say.
+
+        Only a hint: an entry evicted after this check is a CacheMiss from the decoder, handled as before. With
+        the cache down, the image in hand is the way that works, so it goes to the encoder.
+        """
+        try:
+            return await self.cache.has_embedding(await self.model_id(), cache_key)
+        except CacheUnavailable:
+            return False
