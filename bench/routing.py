@@ -84,7 +84,13 @@ def _side(bench: Bench, router: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def routing(bench: Bench, report: Report) -> None:
+    from sam_core.model.decoder import OnnxDecoder
+
     print(f"[11] decoder routing: image-keyed consistent hashing vs the default, {REPLICAS} replicas", flush=True)
+    # Export the decoders here first: a replica that finds no exported file loads torch and the checkpoint to
+    # export it (~900 MiB more RSS), which would weigh on whichever side deploys first.
+    model = bench.load("vit_tiny")
+    OnnxDecoder.for_model(model.sam, model.identity, bench.work / "cache", threads=1)
     default = _side(bench, {})
     ours = _side(bench, None)
     for name, side in (("consistent hash", ours), ("default", default)):
