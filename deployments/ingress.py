@@ -206,6 +206,7 @@ class SamIngress:
         """A new image: embedded once for every concurrent request of it (single flight), then decoded, with
         the embedding inline when this request's flight has it in hand."""
         encoded = encoded or await self.images.read(request)
+        job.content_id = encoded.content_id
         assert job.cache_key is not None, "segment() names the entry before encoding"
         job.embedding, source = await self.images.embed_once(
             job.cache_key, encoded, stages, inline=not self.cache.shared

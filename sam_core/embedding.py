@@ -20,11 +20,14 @@ class ImageEmbedding:
         embedding: float32 array of shape (1, 256, 64, 64).
         original_size: (height, width) of the original image in pixels; point prompts are in this frame.
         input_size: (height, width) of the image after resizing its longest side to 1024 (before padding).
+        content_id: `sha256:` and the hash of the image bytes it was computed from ("" when unknown): under
+            one image_id, whoever waits for a run checks it is of the image it holds.
     """
 
     embedding: np.ndarray
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    content_id: str = ""
 
     def __post_init__(self) -> None:
         assert self.embedding.shape == EMBEDDING_SHAPE, f"embedding shape {self.embedding.shape}"
@@ -41,10 +44,18 @@ class EncoderInput:
             1024, as `SamPredictor.set_image` resizes it (not yet padded); ~3 MB instead of the original's
             tens of MB, which is what travels to the encoder.
         original_size: (height, width) of the original image in pixels; point prompts are in that frame.
+        content_id: the hash of the image bytes as sent (`ImageEmbedding.content_id`); "" when unknown.
     """
 
     pixels: np.ndarray
     original_size: tuple[int, int]
+    content_id: str = ""
+
+
+def same_content(found: str, wanted: str) -> bool:
+    """Whether an embedding whose `content_id` is `found` serves a request for the image `wanted` ("" on either
+    side is unknown, which matches any)."""
+    return not found or not wanted or found == wanted
 
 
 STORED_DTYPE: Final = np.dtype("<f2")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sam_core.cache import EmbeddingCache, LocallyCopiedCache, image_id_hash, make_cache
-from sam_core.embedding import EncoderInput, ImageEmbedding, round_to_storage
+from sam_core.embedding import EncoderInput, ImageEmbedding, round_to_storage, same_content
 from sam_core.errors import CacheMiss, CacheUnavailable, ImageTooLarge, InvalidInput
 from sam_core.frames import LOW_RES_SHAPE, MASK_INPUT_SHAPE
 from sam_core.model.build import LoadedModel, ModelIdentity, load_model
@@ -203,6 +203,8 @@ class DecoderService:
             embedding, cached_logits = await self.cache.get_all(model_id, job.cache_key, with_logits=wants_cached_mask)
             if embedding is None:
                 raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
+            if not same_content(embedding.content_id, job.content_id):
+                raise CacheMiss("the image_id's cached embedding is of another image", field="image_id")
         elif wants_cached_mask and job.cache_key is not None:
             try:
                 cached_logits = await self.cache.get_low_res_logits(model_id, job.cache_key)

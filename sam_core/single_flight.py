@@ -85,15 +85,15 @@ class SingleFlight:
     ) -> Flight:
         owner = f"{secrets.token_hex(8)} {content_id}"
         started = time.monotonic()
-        poll_s = FIRST_POLL_S
+        poll_s, polled = FIRST_POLL_S, False
         while True:
             waited_s = time.monotonic() - started
             try:
-                claim = await self.cache.claim_embedding_run(model_id, image_key, owner, self.lock_ttl_s)
+                claim = await self.cache.claim_embedding_run(model_id, image_key, owner, self.lock_ttl_s, content_id)
             except CacheUnavailable:
                 return Flight(await embed(), "own", waited_s)
             if claim.state == "landed":
-                return Flight(None, "waited" if waited_s else "landed", waited_s)
+                return Flight(None, "waited" if polled else "landed", waited_s)
             if claim.state == "claimed":
                 return Flight(await self._hold(model_id, image_key, owner, embed), "holder", waited_s)
             if claim.holder is not None and claim.holder.partition(" ")[2] != content_id:
@@ -107,7 +107,7 @@ class SingleFlight:
                 )
                 return Flight(await embed(), "own", waited_s)
             await asyncio.sleep(min(poll_s, max(0.0, self.wait_s - waited_s)))
-            poll_s = min(2 * poll_s, LAST_POLL_S)
+            poll_s, polled = min(2 * poll_s, LAST_POLL_S), True
 
     async def _hold(
         self, model_id: str, image_key: str, owner: str, embed: Callable[[], Awaitable[ImageEmbedding]]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -325,6 +327,31 @@ def test_get_all_without_logits_reads_only_the_embedding(new_cache: CacheFactory
     assert embedding is not None
     assert logits is None
     assert heard == [("emb", "hit")]
+
+
+def test_an_embedding_keeps_the_content_hash_of_its_image(new_cache: CacheFactory, rng: np.random.Generator) -> None:
+    """The header carries the image's sha256: read back whole, from the header alone, and "" when unknown."""
+    cache = new_cache()
+    content = "sha256:" + hashlib.sha256(b"an image").hexdigest()
+    other = "sha256:" + hashlib.sha256(b"another image").hexdigest()
+
+    async def scenario() -> tuple[str, str, list[bool]]:
+        await cache.put_embedding(MODEL, "img-1", dataclasses.replace(random_embedding(rng), content_id=content))
+        await cache.put_embedding(MODEL, "img-2", random_embedding(rng))
+        first, second = await cache.get_embedding(MODEL, "img-1"), await cache.get_embedding(MODEL, "img-2")
+        assert first is not None
+        assert second is not None
+        checks = [
+            await cache.has_embedding(MODEL, "img-1", content),
+            await cache.has_embedding(MODEL, "img-1", other),
+            await cache.has_embedding(MODEL, "img-1"),
+            await cache.has_embedding(MODEL, "img-2", other),  # unknown content matches any
+        ]
+        await cache.close()
+        return first.content_id, second.content_id, checks
+
+    assert run(scenario()) == (content, "", [True, False, True, True])
+    assert codec.content_digest("not-a-content-id") == bytes(32)
 
 
 def test_has_embedding_answers_from_the_header(new_cache: CacheFactory, rng: np.random.Generator) -> None:

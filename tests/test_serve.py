@@ -146,7 +146,7 @@ def test_follow_ups_read_only_a_header_from_redis_once_each_replica_holds_a_copy
     for _ in range(clicks):
         assert click(http, {"image_id": image_id}, predictor, *random_clicks(rng, pixels.shape, 1)) == owner
     per_click = (int(client.info("stats")["total_net_output_bytes"]) - sent_before) / clicks
-    # A full read is 2 MiB of embedding; the tag check is a 48-byte header plus replies.
+    # A full read is 2 MiB of embedding; the tag check is a 80-byte header plus replies.
     assert per_click < 2048, f"{per_click:.0f} bytes per click left Redis"
 
 

@@ -108,7 +108,10 @@ def test_a_dead_holders_lock_frees_within_its_ttl(two_ingresses: str, serve_app:
     assert all(masks(r) == masks(responses[0]) for r in responses)
 
 
-def test_two_images_under_one_image_id_each_get_their_own_answer(two_ingresses: str) -> None:
+def test_two_images_under_one_image_id_each_get_their_own_answer(two_ingresses: str, serve_app: ServeApp) -> None:
+    """Requests for the first image wait on its run's lock under a shared image_id; a request with a second
+    image under that id meanwhile embeds its own at once (it does not wait for the run nor take its result),
+    and the second image's entry that lands under the id is not what the first image's waiters are given."""
     rng = np.random.default_rng()
     first, second = image_payload(new_pixels(rng)), image_payload(new_pixels(rng))
     # Each image's answer under its own key (its content hash) is the reference.
@@ -116,7 +119,27 @@ def test_two_images_under_one_image_id_each_get_their_own_answer(two_ingresses: 
         masks(r) for r in post_all(two_ingresses, [{"image": first, **CLICK}, {"image": second, **CLICK}])
     )
     assert reference_first != reference_second, "the two images must answer differently for this test to mean anything"
+    with httpx.Client(base_url=two_ingresses, timeout=60) as http:
+        model_id = http.get("/readyz").json()["model_id"]
     shared_id = f"one-id-{uuid.uuid4()}"
-    bodies = [{"image": image, "image_id": shared_id, **CLICK} for image in (first, second, first, second)]
-    answers = [masks(r) for r in post_all(two_ingresses, bodies)]
-    assert answers == [reference_first, reference_second, reference_first, reference_second]
+    first_content = read_image("base64", first["value"], ImageLimits()).content_id
+    assert serve_app.settings.redis_url is not None
+    client = redis.Redis.from_url(serve_app.settings.redis_url)
+    ttl_s = 4.0
+    # The first image's run holds the id (a holder that never lands: its lock frees after the TTL).
+    client.set(flight_key(model_id, shared_id), f"holder {first_content}", px=int(ttl_s * 1000))
+    before = encoder_runs()
+    with ThreadPoolExecutor(1) as pool:
+        started = time.perf_counter()
+        waiting = pool.submit(post_all, two_ingresses, [{"image": first, "image_id": shared_id, **CLICK}] * 3)
+        time.sleep(0.5)
+        (second_answer,) = post_all(two_ingresses, [{"image": second, "image_id": shared_id, **CLICK}])
+        second_s = time.perf_counter() - started - 0.5
+        first_answers = waiting.result()
+        first_s = time.perf_counter() - started
+    print(f"\nsecond image answered in {second_s:.2f} s; the first's waiters in {first_s:.2f} s")
+    assert second_s < ttl_s / 2, "the second image waited for the first image's run"
+    assert masks(second_answer) == reference_second
+    assert first_s >= ttl_s * 0.8, "the first image's requests did not wait for its run's lock"
+    assert all(masks(r) == reference_first for r in first_answers)
+    assert encoder_runs() - before == 2, "one run per image"

@@ -6,6 +6,7 @@ same image_id, and Redis down. The HTTP tests through two ingress replicas are i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
@@ -39,7 +40,7 @@ class Encoder:
         async def embed() -> ImageEmbedding:
             self.runs.append(content_id)
             await asyncio.sleep(self.seconds)
-            embedding = random_embedding(self.rng)
+            embedding = dataclasses.replace(random_embedding(self.rng), content_id=content_id)
             await self.cache.put_embedding(MODEL, key, embedding)
             return embedding
 
@@ -133,6 +134,32 @@ def test_another_image_under_the_same_image_id_is_embedded_for_itself(redis_url:
     assert a.embedding is not None
     assert b.embedding is not None
     assert not np.array_equal(a.embedding.embedding, b.embedding.embedding)
+
+
+def test_another_images_entry_under_the_id_is_not_what_a_request_waits_for(redis_url: str) -> None:
+    """The entry under an image_id is of another image: a request for this image claims the run and writes
+    its own (the claim reads the entry's content hash); after that its image is found, and a request that
+    names no content takes whatever the id holds."""
+
+    async def main() -> tuple[Flight, Flight, Flight, Encoder]:
+        cache = RedisEmbeddingCache(redis_url, ttl_s=600, timeout_s=0.5)
+        other = dataclasses.replace(random_embedding(np.random.default_rng(1)), content_id=OTHER_CONTENT)
+        await cache.put_embedding(MODEL, "shared-2", other)
+        (flights,) = replicas(redis_url, 1)
+        encoder = Encoder(cache, seconds=0.05)
+        first = await flights.run(MODEL, "shared-2", CONTENT, encoder.for_image("shared-2", CONTENT))
+        again = await flights.run(MODEL, "shared-2", CONTENT, encoder.for_image("shared-2", CONTENT))
+        anyone = await flights.run(MODEL, "shared-2", "", encoder.for_image("shared-2", ""))
+        stored = await cache.get_embedding(MODEL, "shared-2")
+        assert stored is not None
+        assert stored.content_id == CONTENT
+        assert await cache.has_embedding(MODEL, "shared-2", CONTENT)
+        assert not await cache.has_embedding(MODEL, "shared-2", OTHER_CONTENT)
+        return first, again, anyone, encoder
+
+    first, again, anyone, encoder = asyncio.run(main())
+    assert encoder.runs == [CONTENT]
+    assert (first.role, again.role, anyone.role) == ("holder", "landed", "landed")
 
 
 def test_with_redis_down_every_request_embeds_for_itself(redis_server: LocalRedis, redis_url: str) -> None:

@@ -19,10 +19,10 @@ from sam_core.cache.codec import (
     decode_low_res_logits,
     encode_embedding,
     encode_low_res_logits,
-    write_tag,
+    header_content_id,
 )
 from sam_core.cache.keys import KIND_EMBEDDING, KIND_LOW_RES_LOGITS, KINDS, cache_key, image_id_hash
-from sam_core.embedding import ImageEmbedding
+from sam_core.embedding import ImageEmbedding, same_content
 from sam_core.errors import CacheUnavailable
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,12 @@ class EmbeddingCache(abc.ABC):
         (payload,) = await self._read("get", model_id, image_id, (KIND_EMBEDDING,))
         return self._decoded(decode_embedding, payload, model_id, image_id, KIND_EMBEDDING)
 
-    async def has_embedding(self, model_id: str, image_id: str) -> bool:
-        """Whether a readable embedding is cached, from its 48-byte header alone (refreshes its TTL)."""
+    async def has_embedding(self, model_id: str, image_id: str, content_id: str = "") -> bool:
+        """Whether a readable embedding is cached, from its 80-byte header alone (refreshes its TTL); with a
+        `content_id`, only one of that image (or of an unknown one)."""
         (head,) = await self._read("head", model_id, image_id, (KIND_EMBEDDING,), head_only=KIND_EMBEDDING)
-        return head is not None and write_tag(head) is not None
+        found = None if head is None else header_content_id(head)
+        return found is not None and same_content(found, content_id)
 
     async def put_embedding(self, model_id: str, image_id: str, embedding: ImageEmbedding) -> int:
         """Store an embedding; returns the bytes stored (0 if the memory backend cannot hold it)."""
@@ -109,15 +111,18 @@ class EmbeddingCache(abc.ABC):
 
     # ---- single flight: one embedding run per image across processes ------------------------------------
 
-    async def claim_embedding_run(self, model_id: str, image_id: str, owner: str, ttl_s: float) -> FlightClaim:
-        """Atomically: `landed` when the embedding is cached; else `claimed` when this caller now holds the
-        image's run lock (`owner` is its value, held for `ttl_s` unless renewed); else `held`, with the
-        holder's value.
+    async def claim_embedding_run(
+        self, model_id: str, image_id: str, owner: str, ttl_s: float, content_id: str = ""
+    ) -> FlightClaim:
+        """Atomically: `landed` when the embedding of `content_id` (any, when "") is cached; else `claimed`
+        when this caller now holds the image's run lock (`owner` is its value, held for `ttl_s` unless
+        renewed); else `held`, with the holder's value. An entry of another image under the id is not
+        `landed`: the holder of the lock overwrites it.
 
         A backend no other process sees has no one to coordinate with: its callers always claim (the
         ingress coalesces its own concurrent requests before it asks).
         """
-        if await self.has_embedding(model_id, image_id):
+        if await self.has_embedding(model_id, image_id, content_id):
             return FlightClaim("landed")
         return FlightClaim("claimed")
 

@@ -17,7 +17,7 @@ from sam_core.embedding import ImageEmbedding
 class LocalEmbeddingCopies:
     """A process's own LRU of decoded (float32) embeddings, each kept with the write tag it was read with.
 
-    A follow-up click then reads only the embedding's 48-byte header from the shared cache, to compare tags
+    A follow-up click then reads only the embedding's 80-byte header from the shared cache, to compare tags
     and keep the entry's TTL fresh, instead of 2 MiB plus a float16->float32 conversion. A different tag
     (the image id was embedded again) or a miss in the shared cache drops the copy, so the shared cache stays
     the one truth: a copy is never served for an entry the shared cache no longer holds in the same bytes.
@@ -66,7 +66,7 @@ def _entry_bytes(entry: tuple[bytes, ImageEmbedding]) -> int:
 class LocallyCopiedCache(EmbeddingCache):
     """A shared cache whose `get_all` keeps decoded copies of the embeddings it reads (a decoder replica's).
 
-    A follow-up click on an image this process has read before then costs the embedding's 48-byte header (its
+    A follow-up click on an image this process has read before then costs the embedding's 80-byte header (its
     write tag, and a TTL refresh) instead of 2 MiB and a float16->float32 conversion. Every other call goes to
     `inner` unchanged.
     """

@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sam_core.cache.base import EmbeddingCache, FlightClaim
-from sam_core.cache.codec import HEADER_BYTES
+from sam_core.cache.codec import CONTENT_OFFSET, HEADER_BYTES, content_digest
 from sam_core.cache.keys import KIND_EMBEDDING, cache_key, flight_key
 from sam_core.errors import CacheUnavailable, ConfigurationError
 
@@ -24,10 +24,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-# Single flight, each step atomic in Redis. KEYS[1] the embedding, KEYS[2] the run lock; ARGV owner, TTL (ms).
-# Returns {2} when the embedding is cached, {1} when the caller now holds the lock, {0, holder} when another does.
+# Single flight, each step atomic in Redis. KEYS[1] the embedding, KEYS[2] the run lock; ARGV owner, TTL (ms),
+# the image's 32-byte content hash (zeros: any), and where the header holds it (first, last byte).
+# Returns {2} when the embedding of that image (or of an unknown one) is cached, {1} when the caller now holds
+# the lock, {0, holder} when another does.
 _CLAIM_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {2, false} end
+local content = redis.call('GETRANGE', KEYS[1], ARGV[4], ARGV[5])
+local unknown = string.rep('\\0', 32)
+if content ~= '' and (content == ARGV[3] or content == unknown or ARGV[3] == unknown) then return {2, false} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, false} end
 return {0, redis.call('GET', KEYS[2])}
 """
@@ -156,10 +160,13 @@ class RedisEmbeddingCache(EmbeddingCache):
     async def _remove(self, keys: Sequence[str]) -> None:
         await self._call("delete", lambda client: client.delete(*keys))
 
-    async def claim_embedding_run(self, model_id: str, image_id: str, owner: str, ttl_s: float) -> FlightClaim:
+    async def claim_embedding_run(
+        self, model_id: str, image_id: str, owner: str, ttl_s: float, content_id: str = ""
+    ) -> FlightClaim:
         keys = [cache_key(model_id, image_id, KIND_EMBEDDING), flight_key(model_id, image_id)]
         ttl_ms = max(1, round(ttl_s * 1000))
-        state, holder = await self._call("claim", lambda client: client.eval(_CLAIM_SCRIPT, 2, *keys, owner, ttl_ms))
+        args = (owner, ttl_ms, content_digest(content_id), CONTENT_OFFSET, CONTENT_OFFSET + 31)
+        state, holder = await self._call("claim", lambda client: client.eval(_CLAIM_SCRIPT, 2, *keys, *args))
         if state == 2:
             return FlightClaim("landed")
         if state == 1:

@@ -148,8 +148,9 @@ class ImageEncoder:
                 embedding=np.ascontiguousarray(features_np[i : i + 1]),
                 original_size=original_size,
                 input_size=input_size,
+                content_id=image.content_id if isinstance(image, EncoderInput) else "",
             )
-            for i, (_, original_size, input_size) in enumerate(prepared)
+            for i, ((_, original_size, input_size), image) in enumerate(zip(prepared, images, strict=True))
         ]
 
     def _autocast(self) -> torch.autocast:

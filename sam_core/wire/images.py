@@ -332,7 +332,9 @@ def encoder_input(encoded: EncodedImage, limits: ImageLimits) -> EncoderInput:
     """Decode an image and resize it to the encoder's input frame: the CPU-heavy work of a new image, done
     where it arrives so that only the ~3 MB resized pixels travel on to the encoder."""
     image = decode_image(encoded, limits)
-    return EncoderInput(pixels=resize_to_input_frame(image.pixels), original_size=image.size)
+    return EncoderInput(
+        pixels=resize_to_input_frame(image.pixels), original_size=image.size, content_id=encoded.content_id
+    )
 
 
 def load_image(kind: str, value: object, limits: ImageLimits, *, field: str = "image") -> LoadedImage:

@@ -244,6 +244,10 @@ class SegmentJob:
     format: str = "json"
     prompts: list[JobPrompt] | None = None
     """Several prompts, answered in order (then the single-prompt fields above are unused)."""
+    content_id: str = ""
+    """When set, a cached embedding is used only if it is of this image (`ImageEmbedding.content_id`): a
+    request that waited for another replica's run of its image must not decode another image put under the
+    same image_id meanwhile."""
 
 
 @dataclass
