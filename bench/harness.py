@@ -161,26 +161,33 @@ class Bench:
         encoder_cpus: float = 2,
         ingresses: int = 1,
         decoder_router: dict[str, Any] | None = None,
+        click_path_niceness: int | None = None,
+        name: str = "sam",
         **settings: Any,
     ) -> None:
-        """(Re)deploy the app; each replica's num_cpus sets its threads, as in production."""
+        """(Re)deploy the app (under `/`, or `/{name}` for another name); each replica's num_cpus sets its
+        threads, as in production. `click_path_niceness`: the ingress's and decoders' nice level instead of
+        the deployments' own (0)."""
         from ray import serve
 
         from deployments.app import compose
 
+        runtime_env = {}
+        if click_path_niceness is not None:
+            runtime_env = {"runtime_env": {"env_vars": {"RAY_worker_niceness": str(click_path_niceness)}}}
         app = compose(
             self.settings(model_type, decoder_threads=decoder_threads, **settings),
             encoder_options={"ray_actor_options": {"num_cpus": encoder_cpus}},
             decoder_options={
                 "num_replicas": decoders,
                 "autoscaling_config": None,
-                "ray_actor_options": {"num_cpus": decoder_threads},
+                "ray_actor_options": {"num_cpus": decoder_threads, **runtime_env},
                 # None: the deployment's own (image-keyed consistent hashing); {}: Ray Serve's default router.
                 **({} if decoder_router is None else {"request_router_config": decoder_router}),
             },
-            ingress_options={"num_replicas": ingresses},
+            ingress_options={"num_replicas": ingresses, "ray_actor_options": runtime_env},
         )
-        serve.run(app, name="sam", route_prefix="/")
+        serve.run(app, name=name, route_prefix="/" if name == "sam" else f"/{name}")
 
     def load(self, model_type: str) -> Any:
         from sam_core.model.build import load_model

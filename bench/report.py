@@ -19,7 +19,9 @@ then measures, alternating each measurement with its reference where both are ti
   9. segment everything over HTTP vs SamAutomaticMaskGenerator in process (8 and 32 points per side);
  10. single flight: encoder runs and wall time of 8 concurrent cold requests of one image, 2 ingress replicas;
  11. decoder routing: local-copy hits, Redis bytes per click, copies and RSS per replica, click p50/p99, with
-     image-keyed consistent hashing vs Ray Serve's default router (3 replicas, 12 images x 20 clicks).
+     image-keyed consistent hashing vs Ray Serve's default router (3 replicas, 12 images x 20 clicks);
+ 12. memory per replica: a decoder's RSS with its local copies full, the encoder's after 100 mixed images;
+ 13. the click path at nice 0 vs Ray's 15, two apps side by side, quiet and beside a busy process.
 
 Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~15 min here; --quick ~4 min)
 """
@@ -43,7 +45,9 @@ from clicks import follow_up_latency, follow_up_throughput
 from everything import everything
 from flight import single_flight
 from harness import Bench, Report, redis_server
+from memory import memory
 from model_runs import cold_request, decoder_options, encoder_batching, encoder_runs, encodings, redis_bytes
+from niceness import niceness
 from prompts import many_boxes
 from routing import routing
 
@@ -60,7 +64,7 @@ def main() -> None:
         "--only",
         type=lambda text: set(text.split(",")),
         help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts,"
-        "everything,flight,routing",
+        "everything,flight,routing,memory,niceness",
     )
     args = parser.parse_args()
 
@@ -101,6 +105,8 @@ def main() -> None:
                 ("everything", lambda: everything(bench, report, ((8, 2),) if args.quick else ((8, 2), (32, 1)))),
                 ("flight", lambda: single_flight(bench, report)),
                 ("routing", lambda: routing(bench, report)),
+                ("memory", lambda: memory(bench, report)),
+                ("niceness", lambda: niceness(bench, report)),
             ]
             for name, section in sections:
                 if not args.only or name in args.only:

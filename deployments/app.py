@@ -41,17 +41,24 @@ def compose(
     decoder_options: Mapping[str, Any] | None = None,
     ingress_options: Mapping[str, Any] | None = None,
 ) -> Application:
-    """The application from validated settings; `*_options` go to each deployment's `.options()`.
+    """The application from validated settings; `*_options` go to each deployment's `.options()`, their
+    `ray_actor_options` over the deployment's own (a caller that sets `num_cpus` keeps the runtime env).
 
     serve_config.yaml overrides deployment options itself; the options here serve Python callers (the
     `sam-serve run` command, tests) that run the app without a config file.
     """
-    # @serve.deployment returns a Deployment, which ray's type hints present as the decorated class.
-    encoder = SamEncoder.options(**(encoder_options or {})).bind(settings)  # type: ignore[attr-defined]
-    decoder = SamDecoder.options(**(decoder_options or {})).bind(settings)  # type: ignore[attr-defined]
-    ingress = SamIngress.options(**(ingress_options or {}))  # type: ignore[attr-defined]
-    application: Application = ingress.bind(encoder, decoder, settings)
+    encoder = _with_options(SamEncoder, encoder_options).bind(settings)
+    decoder = _with_options(SamDecoder, decoder_options).bind(settings)
+    application: Application = _with_options(SamIngress, ingress_options).bind(encoder, decoder, settings)
     return application
+
+
+def _with_options(deployment: Any, options: Mapping[str, Any] | None) -> Any:
+    """`deployment.options(**options)`, with `ray_actor_options` merged into the deployment's own."""
+    options = dict(options or {})
+    if "ray_actor_options" in options:
+        options["ray_actor_options"] = {**deployment.ray_actor_options, **options["ray_actor_options"]}
+    return deployment.options(**options)
 
 
 def build_app(args: dict[str, Any]) -> Application:

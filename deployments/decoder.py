@@ -13,6 +13,7 @@ from ray import serve
 
 from deployments import metrics
 from deployments.memory import resident_bytes
+from deployments.niceness import CLICK_PATH_RUNTIME_ENV
 from sam_core.cache import LocallyCopiedCache
 from sam_core.everything_service import EverythingService
 from sam_core.service import DecoderService
@@ -41,7 +42,7 @@ ROUTER_CONFIG = {
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": 1},
+    ray_actor_options={"num_cpus": 1, "runtime_env": CLICK_PATH_RUNTIME_ENV},
     max_ongoing_requests=4,
     max_queued_requests=64,
     request_router_config=ROUTER_CONFIG,

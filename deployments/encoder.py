@@ -12,6 +12,7 @@ import numpy as np
 from ray import serve
 
 from deployments import metrics
+from deployments.memory import resident_bytes
 from sam_core.cache import KIND_EMBEDDING
 from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.model.encoder import DEFAULT_MAX_BATCH_SIZE
@@ -81,5 +82,5 @@ class SamEncoder:
         return self.service.identity.model_id
 
     async def stats(self) -> dict[str, int]:
-        """What this replica has done since it started: images embedded and batches run."""
-        return {"images_embedded": self.images_embedded, "batches": self.batches}
+        """What this replica has done since it started (images embedded, batches run) and its resident memory."""
+        return {"images_embedded": self.images_embedded, "batches": self.batches, "rss_bytes": resident_bytes()}

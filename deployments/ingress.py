@@ -25,6 +25,7 @@ from deployments import everything, metrics
 from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
 from deployments.limits import BearerAuth, BodySizeLimit
 from deployments.new_images import NewImages
+from deployments.niceness import CLICK_PATH_RUNTIME_ENV
 from deployments.off_loop import OffLoopJSONRoute, off_loop
 from sam_core.cache import image_id_hash
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded, UnknownModel
@@ -75,7 +76,11 @@ api.add_middleware(BodySizeLimit)
 api.add_middleware(BearerAuth)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25, "runtime_env": CLICK_PATH_RUNTIME_ENV},
+    max_ongoing_requests=64,
+    max_queued_requests=256,
+)
 @serve.ingress(api)
 class SamIngress:
     """Validates requests, decodes images, and routes: encoder only on a cache miss, decoder for prompts."""

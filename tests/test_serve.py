@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -188,3 +190,27 @@ def test_killing_a_decoder_replica_keeps_the_session_going_from_the_cache(
     else:
         pytest.fail("Serve did not replace the killed decoder replica within 120 s")
     click(http, {"image_id": image_id}, predictor, *random_clicks(rng, pixels.shape, 1))
+
+
+def replica_niceness(app_name: str, deployment: str) -> list[int]:
+    """The nice level of each running replica process of a deployment (from /proc: the process names Ray gives
+    its replicas)."""
+    wanted = f"ray::ServeReplica:{app_name}:{deployment}".encode()
+    levels = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "cmdline").read_bytes().split(b"\0")[0] == wanted:
+                levels.append(os.getpriority(os.PRIO_PROCESS, int(entry.name)))
+        except OSError:
+            continue
+    return levels
+
+
+def test_the_click_path_runs_at_nice_0_and_the_encoder_at_rays_15(serve_app: ServeApp) -> None:
+    """Ray starts workers at nice 15; the ingress and the decoders ask for 0 (their runtime env), so clicks do not
+    yield to other processes on the node; the encoder keeps 15 and yields to the clicks."""
+    assert replica_niceness(APP_NAME, "SamIngress") == [0]
+    assert replica_niceness(APP_NAME, "SamDecoder") == [0] * DECODER_REPLICAS
+    assert replica_niceness(APP_NAME, "SamEncoder") == [15]
