@@ -162,12 +162,14 @@ class Bench:
         ingresses: int = 1,
         decoder_router: dict[str, Any] | None = None,
         click_path_niceness: int | None = None,
+        access_log: bool | None = None,
         name: str = "sam",
         **settings: Any,
     ) -> None:
         """(Re)deploy the app (under `/`, or `/{name}` for another name); each replica's num_cpus sets its
         threads, as in production. `click_path_niceness`: the ingress's and decoders' nice level instead of
-        the deployments' own (0)."""
+        the deployments' own (0). `access_log`: Ray Serve's per-request log lines on or off in every replica (None:
+        the deployments' own, off on the click path)."""
         from ray import serve
 
         from deployments.app import compose
@@ -175,17 +177,19 @@ class Bench:
         runtime_env = {}
         if click_path_niceness is not None:
             runtime_env = {"runtime_env": {"env_vars": {"RAY_worker_niceness": str(click_path_niceness)}}}
+        logging = {} if access_log is None else {"logging_config": {"enable_access_log": access_log}}
         app = compose(
             self.settings(model_type, decoder_threads=decoder_threads, **settings),
-            encoder_options={"ray_actor_options": {"num_cpus": encoder_cpus}},
+            encoder_options={"ray_actor_options": {"num_cpus": encoder_cpus}, **logging},
             decoder_options={
+                **logging,
                 "num_replicas": decoders,
                 "autoscaling_config": None,
                 "ray_actor_options": {"num_cpus": decoder_threads, **runtime_env},
                 # None: the deployment's own (image-keyed consistent hashing); {}: Ray Serve's default router.
                 **({} if decoder_router is None else {"request_router_config": decoder_router}),
             },
-            ingress_options={"num_replicas": ingresses, "ray_actor_options": runtime_env},
+            ingress_options={"num_replicas": ingresses, "ray_actor_options": runtime_env, **logging},
         )
         serve.run(app, name=name, route_prefix="/" if name == "sam" else f"/{name}")
 

@@ -12,8 +12,8 @@ import ray
 from ray import serve
 
 from deployments import metrics
+from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
 from deployments.memory import resident_bytes
-from deployments.niceness import CLICK_PATH_RUNTIME_ENV
 from sam_core.cache import LocallyCopiedCache
 from sam_core.everything_service import EverythingService
 from sam_core.service import DecoderService
@@ -43,6 +43,7 @@ ROUTER_CONFIG = {
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 1, "runtime_env": CLICK_PATH_RUNTIME_ENV},
+    logging_config=CLICK_PATH_LOGGING,
     max_ongoing_requests=4,
     max_queued_requests=64,
     request_router_config=ROUTER_CONFIG,

@@ -22,10 +22,10 @@ from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments import everything, metrics
+from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
 from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
 from deployments.limits import BearerAuth, BodySizeLimit
 from deployments.new_images import NewImages
-from deployments.niceness import CLICK_PATH_RUNTIME_ENV
 from deployments.off_loop import OffLoopJSONRoute, off_loop
 from sam_core.cache import image_id_hash
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded, UnknownModel
@@ -78,6 +78,7 @@ api.add_middleware(BearerAuth)
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25, "runtime_env": CLICK_PATH_RUNTIME_ENV},
+    logging_config=CLICK_PATH_LOGGING,
     max_ongoing_requests=64,
     max_queued_requests=256,
 )

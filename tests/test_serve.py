@@ -24,6 +24,7 @@ from sam_core.wire.jobs import segment_job
 from sam_core.wire.npy import npz_to_segment
 from sam_core.wire.schemas import SegmentImageRequest
 from tests.conftest import APP_NAME, DECODER_REPLICAS, ServeApp
+from tests.test_api import image_payload
 
 pytestmark = pytest.mark.slow
 
@@ -214,3 +215,30 @@ def test_the_click_path_runs_at_nice_0_and_the_encoder_at_rays_15(serve_app: Ser
     assert replica_niceness(APP_NAME, "SamIngress") == [0]
     assert replica_niceness(APP_NAME, "SamDecoder") == [0] * DECODER_REPLICAS
     assert replica_niceness(APP_NAME, "SamEncoder") == [15]
+
+
+def test_the_click_path_writes_no_access_log_line_per_request(serve_app: ServeApp) -> None:
+    """Ray Serve logs a line per request in each replica unless told not to: the ingress and the decoders are
+    (a few ms a click), the encoder is not, so its lines show the logs are where this test looks."""
+    rng = np.random.default_rng()
+    pixels = rng.integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
+    image_id = f"access-log-{uuid.uuid4()}"
+    body = {"image_id": image_id, "point_coords": [[50.0, 60.0]], "point_labels": [1], "format": "rle"}
+    with httpx.Client(base_url=serve_app.url, timeout=60) as http:
+        first = {**body, "image": image_payload(pixels)}
+        assert http.post("/sam/segment_image", json=first).status_code == 200
+        for _ in range(3):
+            assert http.post("/sam/segment_image", json=body).status_code == 200
+    node = ray._private.worker.global_worker.node
+    assert node is not None, "the test session's Ray is running"
+    logs = Path(node.get_logs_dir_path()) / "serve"
+
+    def access_lines(deployment: str, marker: str) -> int:
+        return sum(p.read_text().count(marker) for p in logs.glob(f"replica_{APP_NAME}_{deployment}_*.log"))
+
+    deadline = time.monotonic() + 10  # the lines are written as the calls end; the others' would be by then
+    while access_lines("SamEncoder", "CALL embed OK") == 0:
+        assert time.monotonic() < deadline, f"no encoder access line in {logs}"
+        time.sleep(0.2)
+    assert access_lines("SamIngress", "POST /sam/segment_image") == 0
+    assert access_lines("SamDecoder", "CALL segment") == 0
