@@ -22,7 +22,8 @@ then measures, alternating each measurement with its reference where both are ti
      image-keyed consistent hashing vs Ray Serve's default router (3 replicas, 12 images x 20 clicks);
  12. memory per replica: a decoder's RSS with its local copies full, the encoder's after 100 mixed images;
  13. the click path at nice 0 vs Ray's 15, two apps side by side, quiet and beside a busy process;
- 14. Ray Serve's access log off vs on, two apps side by side.
+ 14. Ray Serve's access log off vs on, two apps side by side;
+ 15. the decoder's ONNX Runtime threads spinning vs not, two apps side by side.
 
 Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~15 min here; --quick ~4 min)
 """
@@ -50,7 +51,7 @@ from memory import memory
 from model_runs import cold_request, decoder_options, encoder_batching, encoder_runs, encodings, redis_bytes
 from prompts import many_boxes
 from routing import routing
-from side_by_side import access_log, niceness
+from side_by_side import access_log, niceness, spinning
 
 from sam_cli.local_redis import free_port
 
@@ -65,7 +66,7 @@ def main() -> None:
         "--only",
         type=lambda text: set(text.split(",")),
         help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts,"
-        "everything,flight,routing,memory,niceness,access_log",
+        "everything,flight,routing,memory,niceness,access_log,spinning",
     )
     args = parser.parse_args()
 
@@ -109,6 +110,7 @@ def main() -> None:
                 ("memory", lambda: memory(bench, report)),
                 ("niceness", lambda: niceness(bench, report)),
                 ("access_log", lambda: access_log(bench, report)),
+                ("spinning", lambda: spinning(bench, report)),
             ]
             for name, section in sections:
                 if not args.only or name in args.only:

@@ -3,7 +3,8 @@ which goes first), so both meet the same machine at the same moments:
 
 - the click path's nice level: the ingress and decoder replicas at the deployments' nice 0 vs Ray's 15, quiet
   and with one CPU-bound process at nice 0 beside them (a neighbour on the node: a batch client, a service);
-- Ray Serve's access log (a line per request in each replica) on vs off.
+- Ray Serve's access log (a line per request in each replica) on vs off;
+- ONNX Runtime's spin-waiting threads in the decoder (`decoder_spinning`) on vs off.
 """
 
 from __future__ import annotations
@@ -55,6 +56,20 @@ def access_log(bench: Bench, report: Report) -> None:
         {"log-off": {}, "log-on": {"access_log": True}},
         "access log off vs on",
         neighbour=False,
+    )
+
+
+def spinning(bench: Bench, report: Report) -> None:
+    from sam_core.settings import Settings
+
+    default = Settings.model_fields["decoder_spinning"].default
+    print(f"[15] decoder_spinning {default} (default) vs {not default}: two apps side by side", flush=True)
+    _compare(
+        bench,
+        report,
+        {"spin-default": {"decoder_spinning": default}, "spin-other": {"decoder_spinning": not default}},
+        f"decoder_spinning {default} (default) vs {not default}",
+        neighbour=True,
     )
 
 
