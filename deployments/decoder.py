@@ -16,6 +16,7 @@ from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
 from deployments.memory import resident_bytes
 from sam_core.cache import LocallyCopiedCache
 from sam_core.everything_service import EverythingService
+from sam_core.model.decoder import DecoderGraph
 from sam_core.service import DecoderService
 from sam_core.settings import Settings
 from sam_core.wire.everything import EverythingJob
@@ -111,6 +112,10 @@ class SamDecoder:
 
     async def model_id(self) -> str:
         return self.service.identity.model_id
+
+    async def graph(self, multimask: bool) -> DecoderGraph:
+        """The exported decoder file, for clients that decode clicks themselves (`GET /sam/decoder.onnx`)."""
+        return await asyncio.to_thread(self.service.graph, multimask=multimask)
 
     async def stats(self) -> dict[str, int | str]:
         """This replica's id, its local copies (count and bytes) and its resident memory."""

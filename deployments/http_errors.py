@@ -39,7 +39,7 @@ _FIELD_NAMES = frozenset(
     name
     for model in (EmbedImageRequest, SegmentImageRequest, SegmentPrompt, ImagePayload, SegmentEverythingRequest)
     for name in model.model_fields
-)
+) | {"multimask"}  # the query parameter of GET /sam/decoder.onnx
 
 
 def _route(request: Request) -> str:

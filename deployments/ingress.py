@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from ray import serve
@@ -23,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import everything, metrics
 from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
+from deployments.decoder_file import DECODER_FILE_ROUTE, ONNX_MEDIA_TYPE, DecoderFiles
 from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
 from deployments.limits import BearerAuth, BodySizeLimit
 from deployments.new_images import NewImages
@@ -93,6 +95,7 @@ class SamIngress:
         self.cache = cache_from_settings(settings)
         self.cache.read_observer = metrics.cache_read
         self.images = NewImages(encoder, self.cache, settings, self.model_id)
+        self.decoder_files = DecoderFiles(decoder)
         BodySizeLimit.max_bytes = settings.max_body_bytes
         BearerAuth.token = settings.auth_token.get_secret_value().encode() if settings.auth_token else None
         self._model_id: str | None = None
@@ -311,6 +314,16 @@ class SamIngress:
         stops the run at its next batch of points."""
         result = await self.segment_everything(request)
         return JSONResponse(result.body, headers={"X-Decoder-Replica": result.replica or ""})
+
+    @api.get(
+        DECODER_FILE_ROUTE,
+        response_class=Response,
+        responses={200: {"content": {ONNX_MEDIA_TYPE: {}}}, 304: {"description": "the client's copy is current"}},
+    )
+    async def decoder_file(self, request: Request, multimask: bool = False) -> Response:
+        """The served model's decoder graph (ONNX), to decode clicks in the client on embeddings from
+        `/sam/embed_image` (binary); `multimask`: the three-mask graph (its masks 1-3 are SamPredictor's)."""
+        return await self.decoder_files.response(request, multimask=multimask)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from sam_core.errors import CacheMiss, CacheUnavailable, ImageTooLarge, InvalidI
 from sam_core.frames import LOW_RES_SHAPE, MASK_INPUT_SHAPE
 from sam_core.model.build import LoadedModel, ModelIdentity, load_model
 from sam_core.model.checkpoints import resolve_checkpoint
-from sam_core.model.decoder import DecoderOutput, OnnxDecoder, decoder_filename
+from sam_core.model.decoder import DecoderGraph, DecoderOutput, OnnxDecoder, decoder_filename
 from sam_core.model.encoder import DEFAULT_MAX_BATCH_SIZE, ImageEncoder
 from sam_core.model.prompts import Prompt, build_prompt
 from sam_core.settings import ImageLimits, Settings
@@ -179,6 +180,19 @@ class DecoderService:
         self.identity = identity
         self.cache = cache
         self.limits = limits or ImageLimits()
+
+    def graph(self, *, multimask: bool) -> DecoderGraph:
+        """The exported decoder file clients download (`GET /sam/decoder.onnx`); reads and hashes it (a few MB:
+        call from a worker thread)."""
+        path = self.decoder.paths[multimask]
+        data = path.read_bytes()
+        return DecoderGraph(
+            data=data,
+            sha256=hashlib.sha256(data).hexdigest(),
+            filename=path.name,
+            model_id=self.identity.model_id,
+            checkpoint_sha256=self.identity.checkpoint_sha256,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, *, threads: int) -> DecoderService:

@@ -56,6 +56,25 @@ class DecoderOutput:
         return self.mask_logits > 0.0
 
 
+@dataclass(frozen=True)
+class DecoderGraph:
+    """An exported decoder file as a client downloads it (to decode clicks itself, e.g. onnxruntime-web).
+
+    Attributes:
+        data: the .onnx file's bytes.
+        sha256: their hex sha256 (the HTTP ETag).
+        filename: the file's name in the cache dir (model id, variant, precision, opset).
+        model_id: the model whose embeddings it decodes (`ModelIdentity.model_id`).
+        checkpoint_sha256: that model's checkpoint hash.
+    """
+
+    data: bytes
+    sha256: str
+    filename: str
+    model_id: str
+    checkpoint_sha256: str
+
+
 def decoder_filename(identity: ModelIdentity, *, multimask: bool, quantized: bool) -> str:
     """File name of an exported decoder: model id, variant, precision and opset."""
     variant = "multi" if multimask else "single"
@@ -213,6 +232,8 @@ class OnnxDecoder:
     ) -> None:
         self.single = make_session(single_mask_path, threads=threads, providers=providers, spinning=spinning)
         self.multi = make_session(multimask_path, threads=threads, providers=providers, spinning=spinning)
+        self.paths = {False: single_mask_path, True: multimask_path}
+        """The exported files, by `multimask`."""
 
     @classmethod
     def for_model(

@@ -1,0 +1,58 @@
+"""`GET /sam/decoder.onnx`: the served model's exported decoder graph, for clients that decode clicks themselves
+(onnxruntime-web in a browser: the service embeds each image once, and a click then costs no round trip).
+
+The ingress asks a decoder replica for the file once per variant and keeps it (a few MB: 16 MB for vit_h). The
+answer names the model it belongs to (`X-Model-Id`, `X-Model-Sha256`: a graph decodes only its own model's
+embeddings) and carries an `ETag` of its own sha256, with `Cache-Control: no-cache`: a client keeps the file and
+revalidates it on each use (a 304 without a body), so a model change is never served stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from ray.serve.handle import DeploymentHandle
+
+from sam_core.model.decoder import DecoderGraph
+
+DECODER_FILE_ROUTE = "/sam/decoder.onnx"
+
+ONNX_MEDIA_TYPE = "application/octet-stream"
+
+
+class DecoderFiles:
+    """The ingress's copy of each decoder variant's graph, fetched from a decoder replica on first request."""
+
+    def __init__(self, decoder: DeploymentHandle) -> None:
+        self.decoder = decoder
+        self._graphs: dict[bool, DecoderGraph] = {}
+        self._lock = asyncio.Lock()
+
+    async def graph(self, *, multimask: bool) -> DecoderGraph:
+        async with self._lock:  # one fetch per variant, however many clients ask at once
+            if multimask not in self._graphs:
+                self._graphs[multimask] = await self.decoder.graph.remote(multimask)
+            return self._graphs[multimask]
+
+    async def response(self, request: Request, *, multimask: bool) -> Response:
+        graph = await self.graph(multimask=multimask)
+        etag = f'"{graph.sha256}"'
+        headers: dict[str, Any] = {
+            "ETag": etag,
+            "Cache-Control": "no-cache",
+            "X-Model-Id": graph.model_id,
+            "X-Model-Sha256": graph.checkpoint_sha256,
+            "X-Decoder-Variant": "multi" if multimask else "single",
+            "Content-Disposition": f'attachment; filename="{graph.filename}"',
+        }
+        if etag in _etags(request.headers.get("if-none-match", "")):
+            return Response(status_code=304, headers=headers)
+        return Response(content=graph.data, media_type=ONNX_MEDIA_TYPE, headers=headers)
+
+
+def _etags(header: str) -> set[str]:
+    """The entity tags of an If-None-Match header (weak ones compare by their opaque part, as RFC 9110 says)."""
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
