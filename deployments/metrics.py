@@ -46,7 +46,7 @@ REQUEST_BOUNDARIES_S = [
     60.0,
 ]
 BATCH_SIZE_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0]
-# An fp16 (1, 256, 64, 64) embedding is 2 MiB + a 80-byte header; low-res logits 128 KiB + header.
+# An fp16 (1, 256, 64, 64) embedding is 2 MiB + an 80-byte header; low-res logits 128 KiB + header.
 ENTRY_BYTES_BOUNDARIES = [float(2**k) for k in range(16, 25)]  # 64 KiB .. 16 MiB
 
 CACHE_KINDS = {KIND_EMBEDDING: "embedding", KIND_LOW_RES_LOGITS: "low_res"}
