@@ -33,6 +33,7 @@ CHECKS = [not_a_server_error, status_code_conformance, response_schema_conforman
 OPERATIONS = [
     "GET /healthz",
     "GET /readyz",
+    "GET /sam/decoder.onnx",
     "POST /sam/embed_image",
     "POST /sam/segment_everything",
     "POST /sam/segment_image",
