@@ -238,7 +238,7 @@ def redis_bytes(bench: Bench, report: Report) -> None:
     per_image: dict[str, int] = {}
     for key in client.scan_iter(count=1000):
         name = key.decode()
-        usage = client.memory_usage(key) or 0
+        usage = client.memory_usage(key, samples=0) or 0
         # Keys are sam:{model}:{image hash}:{kind}; group an image's embedding and logits keys.
         image = name.rsplit(":", 1)[0]
         per_image[image] = per_image.get(image, 0) + int(usage)
@@ -255,6 +255,13 @@ def redis_bytes(bench: Bench, report: Report) -> None:
             notes=[f"median over {len(per_image)} images, MEMORY USAGE of each key"],
         )
     )
+
+
+def stored_bytes(client: Any, key: str) -> int:
+    """The payload's bytes under a key: a string, or a hash of chunks (values over the chunk size)."""
+    if client.type(key) == b"hash":
+        return sum(len(chunk) for chunk in client.hvals(key))
+    return int(client.strlen(key))
 
 
 def encoder_runs(bench: Bench, report: Report, clicks: int) -> None:
@@ -298,7 +305,7 @@ def encoder_runs(bench: Bench, report: Report, clicks: int) -> None:
     served_runs = encoder.stats.remote().result()["images_embedded"] - before
     sent_per_click = (int(redis_client.info("stats")["total_net_output_bytes"]) - sent_before) / max(1, counted)
     model_id = encoder.model_id.remote().result()
-    full_read = sum(int(redis_client.strlen(cache_key(model_id, "session", kind))) for kind in KINDS)
+    full_read = sum(stored_bytes(redis_client, cache_key(model_id, "session", kind)) for kind in KINDS)
     report.add(
         Row(
             "Redis bytes sent per follow-up click (local copies + tag check) vs a full read of the entry",

@@ -734,3 +734,34 @@ def test_redis_full_of_entries_evicts_old_ones_instead_of_failing_writes(
     assert run(scenario()) is not None
     with redis_server.client() as client:
         assert 0 < client.dbsize() < writes
+
+
+def test_redis_keeps_an_embedding_in_chunks_that_fit_its_allocator(
+    redis_server: LocalRedis, redis_url: str, rng: np.random.Generator
+) -> None:
+    """A 2 MiB + 80 B string takes jemalloc's 2.5 MiB class (2,621,488 B of MEMORY USAGE); a hash of 512 KiB
+    chunks (header field first) takes little more than its payload. The value reads back whole, and a chunk
+    gone makes it a miss."""
+    cache = RedisEmbeddingCache(redis_url, ttl_s=60, timeout_s=TIMEOUT_S)
+    embedding = random_embedding(rng)
+    key = cache_key(MODEL, "img-1", "emb")
+
+    async def scenario() -> tuple[ImageEmbedding | None, bool, ImageEmbedding | None]:
+        await cache.put_embedding(MODEL, "img-1", embedding)
+        found = await cache.get_embedding(MODEL, "img-1")
+        header_only = await cache.has_embedding(MODEL, "img-1")
+        with redis_server.client() as client:
+            assert client.type(key) == b"hash"
+            usage = int(client.memory_usage(key, samples=0) or 0)  # every field (it samples 5 by default)
+            print(f"\nMEMORY USAGE of an embedding: {usage:,} B for {EMBEDDING_PAYLOAD_BYTES:,} B of payload")
+            assert EMBEDDING_PAYLOAD_BYTES < usage < 1.03 * EMBEDDING_PAYLOAD_BYTES
+            client.hdel(key, "2")
+        broken = await cache.get_embedding(MODEL, "img-1")
+        await cache.close()
+        return found, header_only, broken
+
+    found, header_only, broken = run(scenario())
+    assert found is not None
+    assert_fp16_close(found.embedding, embedding.embedding)
+    assert header_only
+    assert broken is None

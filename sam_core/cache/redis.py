@@ -1,4 +1,11 @@
-"""The shared cache in Redis: values with a TTL, refreshed by every read, every failure a `CacheUnavailable`."""
+"""The shared cache in Redis: values with a TTL, refreshed by every read, every failure a `CacheUnavailable`.
+
+An embedding (2 MiB + its 80-byte header) is stored as a Redis hash: field "0" the header, then "1", "2", ...
+chunks of `CHUNK_BYTES`, so that each allocation fits jemalloc's size classes. One 2 MiB + 80 B string takes its
+2.5 MiB class (MEMORY USAGE 2,621,488 B); the hash takes 2,097,984 B for the 2,097,232 B payload. It is still one
+key, evicted and expired as a unit; the header (a click's tag check) is one small HGET. Low-res logits (128 KiB)
+stay strings.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +31,34 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+CHUNK_BYTES = 512 * 1024 - 64
+"""The chunk size of an embedding's hash (jemalloc's 512 KiB class less Redis's own per-string overhead)."""
+
+_MAX_FIELDS = 16
+"""Fields a chunked read asks for: the header and up to 15 chunks (an embedding has 5; absent ones are nil)."""
+
+_FIELDS = [str(i) for i in range(_MAX_FIELDS)]
+
+
+def _chunked(key: str) -> bool:
+    """Whether a key's value is stored as a hash of chunks (embeddings) rather than one string."""
+    return key.endswith(f":{KIND_EMBEDDING}")
+
+
+def _wrong_type(reply: object) -> bool:
+    """A reply that is Redis's WRONGTYPE error: an entry of the older one-string layout, read as a miss."""
+    return isinstance(reply, RedisError) and "WRONGTYPE" in str(reply)
+
+
 # Single flight, each step atomic in Redis. KEYS[1] the embedding, KEYS[2] the run lock; ARGV owner, TTL (ms),
 # the image's 32-byte content hash (zeros: any), and where the header holds it (first, last byte).
 # Returns {2} when the embedding of that image (or of an unknown one) is cached, {1} when the caller now holds
 # the lock, {0, holder} when another does.
 _CLAIM_SCRIPT = """
-local content = redis.call('GETRANGE', KEYS[1], ARGV[4], ARGV[5])
+local content = ''
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  content = string.sub(redis.call('HGET', KEYS[1], '0') or '', tonumber(ARGV[4]) + 1, tonumber(ARGV[5]) + 1)
+end
 local unknown = string.rep('\\0', 32)
 if content ~= '' and (content == ARGV[3] or content == unknown or ARGV[3] == unknown) then return {2, false} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, false} end
@@ -118,43 +147,59 @@ class RedisEmbeddingCache(EmbeddingCache):
             raise CacheUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
 
     async def _fetch(self, keys: Sequence[str]) -> list[bytes | None]:
-        async def getex(client: redis_asyncio.Redis) -> list[bytes | None]:
-            if len(keys) == 1:
-                values = [await client.getex(keys[0], px=self._ttl_ms)]
-            else:
-                async with client.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.getex(key, px=self._ttl_ms)
-                    values = await pipe.execute()
-            assert all(v is None or isinstance(v, bytes) for v in values), "client must not decode responses"
-            return [v if isinstance(v, bytes) else None for v in values]
-
-        return await self._call("get", getex)
+        return await self._fetch_head("", keys)
 
     async def _fetch_head(self, head_key: str, keys: Sequence[str]) -> list[bytes | None]:
-        async def getrange(client: redis_asyncio.Redis) -> list[bytes | None]:
+        """One pipeline: each string by GETEX; each hash's fields by HMGET (for `head_key` its header field
+        alone, by HGET) and its TTL refreshed by PEXPIRE."""
+
+        async def read(client: redis_asyncio.Redis) -> list[bytes | None]:
             async with client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    if key == head_key:
-                        # GETRANGE does not touch the TTL; PEXPIRE refreshes it as GETEX would.
-                        pipe.getrange(key, 0, HEADER_BYTES - 1)
-                        pipe.pexpire(key, self._ttl_ms)
-                    else:
+                    if not _chunked(key):
                         pipe.getex(key, px=self._ttl_ms)
-                replies = iter(await pipe.execute())
+                        continue
+                    if key == head_key:
+                        pipe.hget(key, "0")
+                    else:
+                        pipe.hmget(key, _FIELDS)
+                    pipe.pexpire(key, self._ttl_ms)
+                replies = iter(await pipe.execute(raise_on_error=False))
             values: list[bytes | None] = []
             for key in keys:
-                value = next(replies)
-                if key == head_key:
+                reply = next(replies)
+                if _chunked(key):
                     next(replies)  # PEXPIRE's 0/1
-                    value = value or None  # GETRANGE of a missing key is b""
-                values.append(value if isinstance(value, bytes) else None)
+                if isinstance(reply, list):  # the fields in order, then nils; a nil between chunks: unreadable
+                    count = next((i for i, chunk in enumerate(reply) if chunk is None), len(reply))
+                    whole = count > 0 and all(chunk is None for chunk in reply[count:])
+                    reply = b"".join(reply[:count]) if whole else None
+                if _wrong_type(reply):
+                    reply = None
+                elif isinstance(reply, Exception):
+                    raise reply
+                values.append(reply if isinstance(reply, bytes) else None)
             return values
 
-        return await self._call("get", getrange)
+        return await self._call("get", read)
 
     async def _store(self, key: str, payload: bytes) -> int:
-        await self._call("set", lambda client: client.set(key, payload, px=self._ttl_ms))
+        if not _chunked(key):
+            await self._call("set", lambda client: client.set(key, payload, px=self._ttl_ms))
+            return len(payload)
+        body = range(HEADER_BYTES, len(payload), CHUNK_BYTES)
+        chunks = {"0": payload[:HEADER_BYTES]}
+        chunks.update({str(i): payload[at : at + CHUNK_BYTES] for i, at in enumerate(body, 1)})
+
+        async def store_hash(client: redis_asyncio.Redis) -> None:
+            # One transaction: readers see the old value or the whole new one, never a mix of chunks.
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.hset(key, mapping=chunks)  # type: ignore[arg-type]  # (redis-py: Mapping is invariant in its keys)
+                pipe.pexpire(key, self._ttl_ms)
+                await pipe.execute()
+
+        await self._call("set", store_hash)
         return len(payload)
 
     async def _remove(self, keys: Sequence[str]) -> None:
