@@ -18,8 +18,6 @@ from ray.serve.handle import DeploymentHandle
 
 from sam_core.model.decoder import DecoderGraph
 
-DECODER_FILE_ROUTE = "/sam/decoder.onnx"
-
 ONNX_MEDIA_TYPE = "application/octet-stream"
 
 

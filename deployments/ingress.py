@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import everything, metrics
 from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
-from deployments.decoder_file import DECODER_FILE_ROUTE, ONNX_MEDIA_TYPE, DecoderFiles
+from deployments.decoder_file import ONNX_MEDIA_TYPE, DecoderFiles
 from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
 from deployments.limits import BearerAuth, BodySizeLimit
 from deployments.new_images import NewImages
@@ -38,6 +38,7 @@ from sam_core.wire.images import EncodedImage
 from sam_core.wire.jobs import client_embedding, explicit_mask_input, prompt_mask_inputs, segment_job
 from sam_core.wire.npy import embedding_to_npy
 from sam_core.wire.schemas import (
+    DECODER_FILE_ROUTE,
     EMBED_ROUTE,
     SEGMENT_ROUTE,
     EmbedImageRequest,

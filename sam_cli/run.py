@@ -18,6 +18,8 @@ from sam_cli.arguments import add_model_options, non_negative_float, positive_fl
 from sam_cli.local_redis import LocalRedis, redis_answers
 from sam_core.errors import ConfigurationError
 from sam_core.settings import Settings
+from sam_core.wire.everything import EVERYTHING_ROUTE
+from sam_core.wire.schemas import DECODER_FILE_ROUTE, EMBED_ROUTE, SEGMENT_ROUTE
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +228,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             route_prefix="/",
         )
         url = f"http://{args.host}:{args.port}"
-        print(f"sam-serve: ready at {url} (POST /sam/embed_image, /sam/segment_image; docs at {url}/docs)")
+        routes = f"POST {EMBED_ROUTE}, {SEGMENT_ROUTE}, {EVERYTHING_ROUTE}; GET {DECODER_FILE_ROUTE}"
+        print(f"sam-serve: ready at {url} ({routes}; docs at {url}/docs)")
         print(f"sam-serve: Prometheus metrics at {_metrics_url()} (ray_sam_*: deployments/METRICS.md)")
         print("sam-serve: Ctrl-C or SIGTERM stops it", file=sys.stderr)
         sys.stdout.flush()

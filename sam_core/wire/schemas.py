@@ -19,6 +19,7 @@ from sam_core.embedding import ImageEmbedding
 
 EMBED_ROUTE = "/sam/embed_image"
 SEGMENT_ROUTE = "/sam/segment_image"
+DECODER_FILE_ROUTE = "/sam/decoder.onnx"
 """The seed's two routes: the ingress serves them, the client calls them."""
 
 MAX_IMAGE_ID_LENGTH = 256
