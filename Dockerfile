@@ -24,6 +24,14 @@ RUN pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users sam_core ./sam_core
 COPY --chown=ray:users deployments ./deployments
+# The labelling page, and onnxruntime-web's three files from the build context's node_modules: run
+# `npm ci --prefix web` (the bootstrap does) before `docker build`; the image then needs no Node.js.
+COPY --chown=ray:users web/ui ./web/ui
+COPY --chown=ray:users web/node_modules/onnxruntime-web/dist/ort.wasm.min.mjs \
+    web/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.mjs \
+    web/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm \
+    ./web/node_modules/onnxruntime-web/dist/
+ENV SAM_UI_DIR=/home/ray/sam-serve/web
 
 # ray[serve] pinned to the base's version so pip can never swap the Ray that rayVersion promises. With the gpu
 # extra, onnxruntime and onnxruntime-gpu would share one module directory: only the GPU build is kept.

@@ -29,6 +29,7 @@ from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
 from deployments.limits import BearerAuth, BodySizeLimit
 from deployments.new_images import NewImages
 from deployments.off_loop import OffLoopJSONRoute, off_loop
+from deployments.ui import UI_PREFIX, VENDOR_PREFIX, UiFiles, embedding_headers, redirect_to_page
 from sam_core.cache import image_id_hash
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded, UnknownModel
 from sam_core.service import cache_from_settings
@@ -97,6 +98,7 @@ class SamIngress:
         self.cache.read_observer = metrics.cache_read
         self.images = NewImages(encoder, self.cache, settings, self.model_id)
         self.decoder_files = DecoderFiles(decoder)
+        self.ui_files = UiFiles(settings.ui_dir)
         BodySizeLimit.max_bytes = settings.max_body_bytes
         BearerAuth.token = settings.auth_token.get_secret_value().encode() if settings.auth_token else None
         self._model_id: str | None = None
@@ -277,7 +279,8 @@ class SamIngress:
     async def embed_image(self, request: EmbedImageRequest) -> Response:
         result = await self.embed(request)
         if result.npy is not None:
-            return Response(content=result.npy, media_type="application/octet-stream")
+            headers = embedding_headers(result.response)
+            return Response(content=result.npy, media_type="application/octet-stream", headers=headers)
         body: dict[str, Any] = result.response.model_dump(exclude={"embeddings"})
         if request.format == "metadata":
             return Response(content=orjson.dumps(body), media_type="application/json")
@@ -325,6 +328,20 @@ class SamIngress:
         """The served model's decoder graph (ONNX), to decode clicks in the client on embeddings from
         `/sam/embed_image` (binary); `multimask`: the three-mask graph (its masks 1-3 are SamPredictor's)."""
         return await self.decoder_files.response(request, multimask=multimask)
+
+    @api.get("/", include_in_schema=False)
+    async def root(self, request: Request) -> Response:
+        return redirect_to_page(request)
+
+    @api.get(UI_PREFIX, include_in_schema=False)
+    @api.get(UI_PREFIX + "{name}", include_in_schema=False)
+    async def page_file(self, request: Request, name: str = "index.html") -> Response:
+        """The labelling page: embeds an image here, then decodes clicks in the browser (or on the server)."""
+        return await self.ui_files.response(request, self.ui_files.page_path(name))
+
+    @api.get(VENDOR_PREFIX + "{name}", include_in_schema=False)
+    async def page_vendor_file(self, request: Request, name: str) -> Response:
+        return await self.ui_files.response(request, self.ui_files.vendor_path(name))
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

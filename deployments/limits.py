@@ -73,9 +73,10 @@ class BearerAuth:
     """
 
     token: bytes | None = None
-    open_paths = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-    open_prefixes = ("/static-offline-docs/",)
-    """The docs pages' own assets (Swagger UI and ReDoc, served from the installed package)."""
+    open_paths = frozenset({"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+    open_prefixes = ("/static-offline-docs/", "/ui/")
+    """The docs pages' own assets (Swagger UI and ReDoc, served from the installed package), and the labelling
+    page's (it asks for the token and sends it with its API calls)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

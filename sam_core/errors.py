@@ -69,6 +69,12 @@ class UnknownModel(InvalidInput):
     http_status = 404
 
 
+class NotFound(SamServeError):
+    """A path the service does not serve (a page file, or the page itself when it is not installed)."""
+
+    http_status = 404
+
+
 # ---- server-side errors --------------------------------------------------------------------------------
 
 

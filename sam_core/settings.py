@@ -22,6 +22,11 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "sam-serve"
 
 
+def default_ui_dir() -> Path:
+    """The labelling page's folder in a source checkout (`web/`, with onnxruntime-web in its node_modules)."""
+    return Path(__file__).resolve().parents[1] / "web"
+
+
 class ImageLimits(BaseSettings):
     """What an input image may be; enforced before any pixel reaches the model."""
 
@@ -116,6 +121,11 @@ class Settings(BaseSettings):
         "it has the image embedded itself (0: never wait)",
     )
     images: ImageLimits = Field(default_factory=ImageLimits)
+    ui_dir: Path = Field(
+        default_factory=default_ui_dir,
+        description="the labelling page's folder: ui/ (the page) and node_modules/onnxruntime-web (npm ci); the "
+        "page answers 404 naming this setting when the folder is missing",
+    )
     auth_token: SecretStr | None = Field(
         default=None, description="when set, /sam/* routes require `Authorization: Bearer <token>`"
     )

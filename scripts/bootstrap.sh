@@ -33,4 +33,22 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# The labelling page's one dependency, onnxruntime-web, from npm at the lock file's version (web/package-lock.json);
+# the app serves its files from web/node_modules, so the page never reaches a CDN. Reinstalled when the lock changes.
+NPM_STAMP=web/node_modules/.sam-serve-lock
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -f "$NPM_STAMP" ] || [ "$(cat "$NPM_STAMP")" != "$(sha256sum web/package-lock.json | cut -d' ' -f1)" ]; then
+    npm ci --prefix web --no-audit --no-fund --loglevel=error
+    sha256sum web/package-lock.json | cut -d' ' -f1 > "$NPM_STAMP"
+  fi
+else
+  echo "bootstrap: npm not found: the page will decode clicks on the server (install Node.js and re-run)" >&2
+fi
+
+# The page's browser tests drive Debian's Chromium (Playwright for Python, the system browser: nothing downloaded).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 echo "bootstrap: .venv ready ($(.venv/bin/python -c 'from importlib.metadata import version; print("torch", version("torch"))'))"

@@ -1,0 +1,129 @@
+// SAM's prompt math in the browser, exactly as the service does it (sam_core/frames.py, sam_core/model/prompts.py),
+// and the decoder run on onnxruntime-web. Frames: points and boxes are (x, y) in original-image pixels; the decoder
+// takes them in the 1024 input frame; its masks come back at the original size.
+
+export const INPUT_SIZE = 1024;
+export const LOW_RES = 256;
+
+/** (h, w) of an image of (height, width) once its longest side is INPUT_SIZE (sam_core.frames.preprocess_shape). */
+export function preprocessShape(height, width) {
+  const scale = (INPUT_SIZE * 1.0) / Math.max(height, width);
+  return [Math.floor(height * scale + 0.5), Math.floor(width * scale + 0.5)];
+}
+
+/**
+ * The decoder's point_coords (1, K, 2) in the 1024 frame and point_labels (1, K), as SamPredictor builds them:
+ * clicks first (1 positive, 0 negative), then a box as two corners labelled 2 and 3, or without a box a (0, 0)
+ * point labelled -1 (sam_core.model.prompts.onnx_prompt_inputs).
+ */
+export function promptInputs(points, box, height, width) {
+  const rows = points.map((p) => [p.x, p.y, p.label]);
+  if (box) {
+    rows.push([box[0], box[1], 2], [box[2], box[3], 3]);
+  } else {
+    rows.push([0, 0, -1]);
+  }
+  const [newH, newW] = preprocessShape(height, width);
+  const coords = new Float32Array(rows.length * 2);
+  const labels = new Float32Array(rows.length);
+  rows.forEach(([x, y, label], i) => {
+    coords[2 * i] = x * (newW / width); // float64 math, then float32: as numpy does
+    coords[2 * i + 1] = y * (newH / height);
+    labels[i] = label;
+  });
+  return { coords, labels, rows: rows.length };
+}
+
+/** A little-endian float32 or float16 .npy (numpy's format 1.0-3.0) as {shape, data: Float32Array}. */
+export function parseNpy(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const magic = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59];
+  if (!magic.every((b, i) => bytes[i] === b)) throw new Error("not a .npy file");
+  const view = new DataView(buffer);
+  const major = bytes[6];
+  const headerLength = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
+  const start = major === 1 ? 10 : 12;
+  const header = new TextDecoder("latin1").decode(bytes.subarray(start, start + headerLength));
+  const descr = /'descr':\s*'([^']+)'/.exec(header)?.[1];
+  const fortran = /'fortran_order':\s*True/.test(header);
+  const shape = (/'shape':\s*\(([^)]*)\)/.exec(header)?.[1] ?? "")
+    .split(",")
+    .filter((s) => s.trim())
+    .map((s) => parseInt(s, 10));
+  if (fortran) throw new Error("Fortran-ordered .npy is not supported");
+  const offset = start + headerLength;
+  const count = shape.reduce((a, b) => a * b, 1);
+  if (descr === "<f4") return { shape, data: new Float32Array(buffer.slice(offset, offset + 4 * count)) };
+  if (descr === "<f2") {
+    const halves = new Uint16Array(buffer.slice(offset, offset + 2 * count));
+    return { shape, data: Float32Array.from(halves, halfToFloat) };
+  }
+  throw new Error(`unsupported .npy dtype ${descr}`);
+}
+
+function halfToFloat(h) {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exponent = (h >> 10) & 0x1f;
+  const fraction = h & 0x3ff;
+  if (exponent === 0) return sign * 2 ** -14 * (fraction / 1024);
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
+}
+
+/** The service's decoder graph (GET /sam/decoder.onnx) in an onnxruntime-web WASM session. */
+export class ClientDecoder {
+  constructor(ort, session, modelId, threads) {
+    this.ort = ort;
+    this.session = session;
+    this.modelId = modelId;
+    this.threads = threads;
+  }
+
+  /** Loads onnxruntime-web from the app (never a CDN) and the graph; `headers` carries the token if any. */
+  static async load(baseUrl, headers) {
+    const vendor = new URL("vendor/onnxruntime-web/", baseUrl).href;
+    const ort = await import(new URL("ort.wasm.min.mjs", vendor).href);
+    ort.env.wasm.wasmPaths = vendor;
+    // Threads need SharedArrayBuffer, which only a cross-origin isolated page has (the app sends COOP + COEP).
+    const threads = self.crossOriginIsolated ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
+    ort.env.wasm.numThreads = threads;
+    const response = await fetch(new URL("../sam/decoder.onnx", baseUrl), { headers, cache: "no-cache" });
+    if (!response.ok) throw new Error(await errorText(response));
+    const graph = new Uint8Array(await response.arrayBuffer());
+    const session = await ort.InferenceSession.create(graph, { executionProviders: ["wasm"] });
+    return new ClientDecoder(ort, session, response.headers.get("X-Model-Id"), threads);
+  }
+
+  /** The mask of one prompt: {mask: Uint8Array(height*width) row-major 0/1, score}. */
+  async decode(embedding, height, width, points, box) {
+    const { Tensor } = this.ort;
+    const prompt = promptInputs(points, box, height, width);
+    const feeds = {
+      image_embeddings: new Tensor("float32", embedding, [1, 256, 64, 64]),
+      point_coords: new Tensor("float32", prompt.coords, [1, prompt.rows, 2]),
+      point_labels: new Tensor("float32", prompt.labels, [1, prompt.rows]),
+      mask_input: new Tensor("float32", new Float32Array(LOW_RES * LOW_RES), [1, 1, LOW_RES, LOW_RES]),
+      has_mask_input: new Tensor("float32", new Float32Array([0]), [1]),
+      orig_im_size: new Tensor("float32", new Float32Array([height, width]), [2]),
+    };
+    const results = await this.session.run(feeds);
+    const logits = results.masks.data; // (1, 1, H, W): the single-mask graph's one mask, at the original size
+    const mask = new Uint8Array(height * width);
+    for (let i = 0; i < mask.length; i++) mask[i] = logits[i] > 0 ? 1 : 0;
+    const score = results.iou_predictions.data[0];
+    for (const tensor of Object.values(results)) tensor.dispose?.();
+    return { mask, score };
+  }
+}
+
+/** An error answer of the API ({error, field, reason}) as one line for the page. */
+export async function errorText(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not the API's JSON (a proxy's page, say)
+  }
+  if (body && body.reason) return `${response.status} ${body.error}: ${body.field ? body.field + ": " : ""}${body.reason}`;
+  return `${response.status} ${response.statusText || "error"}`;
+}
