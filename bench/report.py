@@ -49,6 +49,7 @@ from flight import single_flight
 from harness import Bench, Report, redis_server
 from memory import memory
 from model_runs import cold_request, decoder_options, encoder_batching, encoder_runs, encodings, redis_bytes
+from page import page_clicks
 from prompts import many_boxes
 from routing import routing
 from side_by_side import access_log, niceness, spinning
@@ -66,7 +67,7 @@ def main() -> None:
         "--only",
         type=lambda text: set(text.split(",")),
         help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts,"
-        "everything,flight,routing,memory,niceness,access_log,spinning",
+        "everything,flight,routing,memory,niceness,access_log,spinning,page",
     )
     args = parser.parse_args()
 
@@ -111,6 +112,7 @@ def main() -> None:
                 ("niceness", lambda: niceness(bench, report)),
                 ("access_log", lambda: access_log(bench, report)),
                 ("spinning", lambda: spinning(bench, report)),
+                ("page", lambda: page_clicks(bench, report)),
             ]
             for name, section in sections:
                 if not args.only or name in args.only:

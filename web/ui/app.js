@@ -31,7 +31,8 @@ const state = {
   busy: false,
   pending: false,
   generation: 0, // bumps when an image opens: answers for an older image are dropped
-  timings: { clicks: [], serverClicks: [], openToFirstMaskMs: null, embedMs: null, decoderLoadMs: null },
+  // Per click (ms): click to overlay on screen, and its decode (the ONNX run, or the server's answer) alone.
+  timings: { clicks: [], serverClicks: [], decodes: [], serverDecodes: [], openToFirstMaskMs: null, embedMs: null, decoderLoadMs: null },
 };
 window.samPage = { state, ready: false };
 
@@ -261,6 +262,7 @@ async function decodeOnce() {
     showError(String(error.message || error));
     return;
   }
+  const decoded = performance.now() - started;
   if (generation !== state.generation) return;
   object.mask = answer.mask;
   object.score = answer.score;
@@ -268,6 +270,7 @@ async function decodeOnce() {
   await new Promise(requestAnimationFrame); // the overlay is on screen: that is what the annotator waits for
   const elapsed = performance.now() - started;
   (server ? state.timings.serverClicks : state.timings.clicks).push(elapsed);
+  (server ? state.timings.serverDecodes : state.timings.decodes).push(decoded);
   if (state.timings.openToFirstMaskMs === null) state.timings.openToFirstMaskMs = performance.now() - state.timings.openedAt;
   clearErrorUnlessDecoderMissing();
   updateStatus();
