@@ -46,11 +46,11 @@ class DecoderFiles:
             "X-Decoder-Variant": "multi" if multimask else "single",
             "Content-Disposition": f'attachment; filename="{graph.filename}"',
         }
-        if etag in _etags(request.headers.get("if-none-match", "")):
+        if etag in entity_tags(request.headers.get("if-none-match", "")):
             return Response(status_code=304, headers=headers)
         return Response(content=graph.data, media_type=ONNX_MEDIA_TYPE, headers=headers)
 
 
-def _etags(header: str) -> set[str]:
+def entity_tags(header: str) -> set[str]:
     """The entity tags of an If-None-Match header (weak ones compare by their opaque part, as RFC 9110 says)."""
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 
+from deployments.decoder_file import entity_tags
 from deployments.off_loop import off_loop
 from sam_core.errors import NotFound
 from sam_core.wire.schemas import EmbedImageResponse
@@ -76,7 +77,7 @@ class UiFiles:
     async def response(self, request: Request, path: Path) -> Response:
         file = await self._read(path)
         headers = {"ETag": file.etag, "Cache-Control": "no-cache", **ISOLATION_HEADERS}
-        if file.etag in {tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")}:
+        if file.etag in entity_tags(request.headers.get("if-none-match", "")):
             return Response(status_code=304, headers=headers)
         return Response(content=file.data, media_type=file.media_type, headers=headers)
 
