@@ -22,7 +22,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from deployments import everything, metrics
+from deployments import everything, labelstudio, metrics
 from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
 from deployments.decoder_file import ONNX_MEDIA_TYPE, DecoderFiles
 from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
@@ -63,6 +63,7 @@ api = FastAPIOffline(
 )
 api.router.route_class = OffLoopJSONRoute
 install_error_handlers(api)
+api.include_router(labelstudio.router)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class SamIngress:
         self.images = NewImages(encoder, self.cache, settings, self.model_id)
         self.decoder_files = DecoderFiles(decoder)
         self.ui_files = UiFiles(settings.ui_dir)
+        api.state.labelstudio = labelstudio.LabelStudioBackend(self, settings)
         BodySizeLimit.max_bytes = settings.max_body_bytes
         BearerAuth.token = settings.auth_token.get_secret_value().encode() if settings.auth_token else None
         self._model_id: str | None = None

@@ -6,6 +6,8 @@ cannot stream an unbounded body into the ingress's memory. Both answer with the 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 from typing import Any
@@ -78,6 +80,9 @@ class BearerAuth:
     """The docs pages' own assets (Swagger UI and ReDoc, served from the installed package), and the labelling
     page's (it asks for the token and sends it with its API calls)."""
 
+    basic_prefixes = ("/labelstudio/",)
+    """Routes that also take the token as an HTTP Basic password (Label Studio's ML backend calls)."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -89,6 +94,9 @@ class BearerAuth:
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
+        if scheme.lower() == b"basic" and path.startswith(self.basic_prefixes):
+            # Label Studio authenticates to its ML backends with HTTP Basic only: any user, the token as password.
+            scheme, given = b"bearer", _basic_password(given.strip())
         if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token):
             await send_error(send, 401, "Unauthorized", "missing or wrong bearer token", field="Authorization")
             return
@@ -99,6 +107,13 @@ class BearerAuth:
         """The path within the application (Serve mounts an app under its route prefix, the root path)."""
         path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
         return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _basic_password(credentials: bytes) -> bytes:
+    try:
+        return base64.b64decode(credentials, validate=True).partition(b":")[2]
+    except (binascii.Error, ValueError):
+        return b""
 
 
 async def send_error(send: Send, status: int, error: str, reason: str, *, field: str | None = None) -> None:

@@ -121,6 +121,16 @@ class Settings(BaseSettings):
         "it has the image embedded itself (0: never wait)",
     )
     images: ImageLimits = Field(default_factory=ImageLimits)
+    labelstudio_url: str | None = Field(
+        default=None,
+        description="the Label Studio server whose task images the /labelstudio backend fetches (relative task URLs "
+        "resolve against it; its host is fetched with the token, whatever the URL-fetch rules say)",
+    )
+    labelstudio_token: SecretStr | None = Field(
+        default=None,
+        description="Label Studio API token for fetching task images (a legacy token, or a personal access token "
+        "exchanged for access tokens); unset: the token Label Studio's /setup sends for a matching hostname",
+    )
     ui_dir: Path = Field(
         default_factory=default_ui_dir,
         description="the labelling page's folder: ui/ (the page) and node_modules/onnxruntime-web (npm ci); the "
@@ -142,6 +152,13 @@ class Settings(BaseSettings):
         variant whose sources run the other way round (`settings_customise_sources`, nested limits too).
         """
         return _EnvFirstSettings(**args)
+
+    @field_validator("labelstudio_url")
+    @classmethod
+    def _labelstudio_url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL, e.g. http://127.0.0.1:8080")
+        return value.rstrip("/") if value else value
 
     @field_validator("device")
     @classmethod

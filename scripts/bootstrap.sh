@@ -51,4 +51,12 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
+# Label Studio, for the end-to-end test of the /labelstudio backend and label-studio-sdk's own brush decoder. It
+# gets its own venv: it pins requests<2.33 and its SDK opencv<5, which .venv's packages are past.
+LS_VERSION=1.23.0
+if [ "$(.venv-labelstudio/bin/python -c 'from importlib.metadata import version; print(version("label-studio"))' 2>/dev/null)" != "$LS_VERSION" ]; then
+  "$PYTHON" -m venv .venv-labelstudio
+  .venv-labelstudio/bin/python -m pip install -q "label-studio==$LS_VERSION"
+fi
+
 echo "bootstrap: .venv ready ($(.venv/bin/python -c 'from importlib.metadata import version; print("torch", version("torch"))'))"

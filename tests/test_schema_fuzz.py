@@ -32,8 +32,16 @@ CHECKS = [not_a_server_error, status_code_conformance, response_schema_conforman
 # operation is its own test here, and the document is held to this list so none goes untested.
 OPERATIONS = [
     "GET /healthz",
+    "GET /labelstudio/health",
+    "GET /labelstudio/is_training",
+    "GET /labelstudio/metrics",
+    "GET /labelstudio/versions",
     "GET /readyz",
     "GET /sam/decoder.onnx",
+    "POST /labelstudio/predict",
+    "POST /labelstudio/setup",
+    "POST /labelstudio/train",
+    "POST /labelstudio/webhook",
     "POST /sam/embed_image",
     "POST /sam/segment_everything",
     "POST /sam/segment_image",

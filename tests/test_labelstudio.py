@@ -1,0 +1,307 @@
+"""Label Studio's ML backend protocol under /labelstudio, over HTTP on a real app (tiny model, real Redis), with
+requests shaped as Label Studio sends them and task images on a host that checks tokens as Label Studio's does.
+Masks are read back with label-studio-sdk's own brush decoder and held to /sam/segment_image's for the same
+prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from pydantic import SecretStr
+
+from deployments.labelstudio import LabelStudioBackend, SetupRequest
+from sam_core.errors import URLInputRefused
+from tests.conftest import ServeApp, photo_jpeg, rle_to_mask, second_app
+from tests.labelstudio_support import (
+    BRUSH_CONFIG,
+    POLYGON_CONFIG,
+    FileHost,
+    keypoint,
+    predict_body,
+    rectangle,
+    sdk_decode_brush,
+)
+
+pytestmark = pytest.mark.slow
+
+APP = "sam-labelstudio"
+API_TOKEN = "sam-serve api token"
+LEGACY = "0123456789abcdef0123456789abcdef01234567"
+PERSONAL = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.cGF0"
+SIZE = (400, 300)  # width, height, as Label Studio names them
+PHOTO = photo_jpeg(np.random.default_rng(17), (SIZE[1], SIZE[0]))
+PATH = "/data/upload/3/5f2c-photo.jpg"
+
+
+def basic(password: str, user: str = "labelstudio") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[FileHost]:
+    files = FileHost(LEGACY, PERSONAL)
+    files.files[PATH] = PHOTO
+    files.files["/data/upload/3/other.jpg"] = photo_jpeg(np.random.default_rng(18), (240, 320))
+    with files.running():
+        yield files
+
+
+@pytest.fixture(scope="module")
+def client(serve_app: ServeApp, host: FileHost) -> Iterator[httpx.Client]:
+    """The app with a Label Studio host and its legacy token configured, and an API token: Label Studio
+    authenticates with HTTP Basic (the token as the password)."""
+    settings = serve_app.settings.model_copy(
+        update={
+            "labelstudio_url": host.url,
+            "labelstudio_token": SecretStr(LEGACY),
+            "auth_token": SecretStr(API_TOKEN),
+        }
+    )
+    with (
+        second_app(APP, settings),
+        httpx.Client(base_url=f"{serve_app.url}/{APP}", timeout=120, headers=basic(API_TOKEN)) as http,
+    ):
+        yield http
+
+
+def segment_mask(client: httpx.Client, prompt: dict[str, Any]) -> np.ndarray:
+    """The same prompt through our own API (on the image's bytes), as a mask."""
+    body = {"image": {"type": "base64", "value": base64.b64encode(PHOTO).decode()}, "format": "rle", **prompt}
+    response = client.post("/sam/segment_image", json=body, headers={"Authorization": f"Bearer {API_TOKEN}"})
+    assert response.status_code == 200, response.text
+    return rle_to_mask(response.json()["masks"][0])
+
+
+def predict(client: httpx.Client, body: dict[str, Any]) -> httpx.Response:
+    return client.post("/labelstudio/predict", json=body)
+
+
+def only_region(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 1
+    assert results[0]["model_version"].startswith("sam-serve-")
+    [region] = results[0]["result"]
+    assert region["score"] == pytest.approx(results[0]["score"])
+    return region
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@pytest.mark.parametrize("path", ["/labelstudio/health", "/labelstudio/"])
+def test_health_answers_as_label_studios_backends_do(client: httpx.Client, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.json() == {"status": "UP", "model_class": "SamServe"}
+
+
+def test_setup_names_the_model_version(client: httpx.Client) -> None:
+    body = {"project": "3.1764755364", "schema": BRUSH_CONFIG, "hostname": "http://localhost:8080"}
+    response = client.post("/labelstudio/setup", json={**body, "access_token": "x", "extra_params": None})
+    assert response.status_code == 200
+    version = response.json()["model_version"]
+    assert version.startswith("sam-serve-")
+    assert client.get("/labelstudio/versions").json()["versions"] == [version]
+
+
+def test_a_backend_that_does_not_train_says_so(client: httpx.Client) -> None:
+    event = {"action": "ANNOTATION_CREATED", "project": {"id": 3}, "annotation": {"id": 1}}
+    assert client.post("/labelstudio/webhook", json=event).json() == {"status": "Unknown event"}
+    assert client.post("/labelstudio/train", json={"annotations": []}).json()["job"] is None
+    assert client.get("/labelstudio/is_training").json() == {"is_training": False}
+    assert client.get("/labelstudio/metrics").json() == {}
+
+
+def test_without_a_context_there_is_no_prediction(client: httpx.Client, host: FileHost) -> None:
+    before = host.requests[PATH]
+    response = predict(client, predict_body(PATH, None))
+    assert response.status_code == 200
+    assert response.json() == {"results": []}
+    assert host.requests[PATH] == before  # nothing fetched, nothing embedded
+
+
+def test_a_click_is_a_brush_region_equal_to_our_own_mask(client: httpx.Client, host: FileHost) -> None:
+    region = only_region(predict(client, predict_body(PATH, [keypoint(40, 55, SIZE)])))
+    assert region["type"] == "brushlabels"
+    assert (region["from_name"], region["to_name"]) == ("tag", "image")
+    assert region["value"]["brushlabels"] == ["Object"]
+    assert (region["original_width"], region["original_height"]) == SIZE
+    assert region["value"]["format"] == "rle"
+    drawn = sdk_decode_brush(region["value"]["rle"], (SIZE[1], SIZE[0]))
+    ours = segment_mask(client, {"point_coords": [[160.0, 165.0]], "point_labels": [1]})
+    assert drawn.any()
+    assert iou(drawn, ours) >= 0.99
+    assert f"Token {LEGACY}" in host.auth_seen
+
+
+def test_every_click_after_the_first_is_one_decoder_call(client: httpx.Client, host: FileHost) -> None:
+    path = "/data/upload/3/other.jpg"
+    size = (320, 240)
+    clicks = [keypoint(30 + 5 * i, 40, size) for i in range(4)]
+    for count in range(1, len(clicks) + 1):
+        # Several clicks on one object refine it: the context holds them all.
+        only_region(predict(client, predict_body(path, clicks[:count])))
+    assert host.requests[path] == 1
+
+
+def test_negative_clicks_and_a_box_refine_one_prompt(client: httpx.Client) -> None:
+    context = [
+        rectangle(10, 20, 50, 40, SIZE),
+        keypoint(35, 40, SIZE),
+        keypoint(12, 22, SIZE, label="Negative", positive=None),
+    ]
+    region = only_region(predict(client, predict_body(PATH, context)))
+    drawn = sdk_decode_brush(region["value"]["rle"], (SIZE[1], SIZE[0]))
+    prompt = {"box": [40.0, 60.0, 240.0, 180.0], "point_coords": [[140.0, 120.0], [48.0, 66.0]], "point_labels": [1, 0]}
+    ours = segment_mask(client, prompt)
+    assert iou(drawn, ours) >= 0.99
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "pixels"),
+    [(0, 0, [0.0, 0.0]), (100, 100, [400.0, 300.0]), (100, 0, [400.0, 0.0])],
+    ids=["top-left", "bottom-right", "top-right"],
+)
+def test_percent_at_the_image_edges(client: httpx.Client, x: float, y: float, pixels: list[float]) -> None:
+    region = only_region(predict(client, predict_body(PATH, [keypoint(x, y, SIZE)])))
+    drawn = sdk_decode_brush(region["value"]["rle"], (SIZE[1], SIZE[0]))
+    assert iou(drawn, segment_mask(client, {"point_coords": [pixels], "point_labels": [1]})) >= 0.99
+
+
+def test_a_box_over_the_whole_image(client: httpx.Client) -> None:
+    region = only_region(predict(client, predict_body(PATH, [rectangle(0, 0, 100, 100, SIZE)])))
+    drawn = sdk_decode_brush(region["value"]["rle"], (SIZE[1], SIZE[0]))
+    assert iou(drawn, segment_mask(client, {"box": [0.0, 0.0, 400.0, 300.0]})) >= 0.99
+
+
+def test_a_polygon_config_gets_a_polygon(client: httpx.Client) -> None:
+    context = [{**keypoint(50, 50, SIZE, label="Cell"), "to_name": "picture"}]
+    region = only_region(predict(client, predict_body(PATH, context, POLYGON_CONFIG, key="img")))
+    assert region["type"] == "polygonlabels"
+    assert (region["from_name"], region["to_name"]) == ("outline", "picture")
+    assert region["value"]["polygonlabels"] == ["Cell"]
+    points = np.asarray(region["value"]["points"])
+    assert points.shape[1:] == (2,)
+    assert len(points) >= 3
+    assert ((points >= 0) & (points <= 100)).all()
+
+
+def test_a_full_url_on_the_label_studio_host_is_fetched_with_the_token(client: httpx.Client, host: FileHost) -> None:
+    region = only_region(predict(client, predict_body(host.url + PATH, [keypoint(60, 30, SIZE)])))
+    assert region["value"]["rle"]
+
+
+BAD_CONTEXTS = [
+    ([{**keypoint(10, 10, SIZE), "type": "ellipselabels"}], "params.context.result.0.type"),
+    ([{**keypoint(10, 10, SIZE), "value": {"x": 140, "y": 10}}], "params.context.result.0.value.x"),
+    ([{"value": {"x": 1, "y": 1}, "type": "keypointlabels"}], "params.context.result.0.original_width"),
+    ([keypoint(10, 10, SIZE), keypoint(10, 10, (10, 10))], "params.context.result.1"),
+]
+
+
+@pytest.mark.parametrize(("context", "field"), BAD_CONTEXTS, ids=["unknown-tag", "over-100", "no-size", "two-images"])
+def test_a_bad_context_is_a_422_naming_the_item(client: httpx.Client, context: list[Any], field: str) -> None:
+    response = predict(client, predict_body(PATH, context))
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "field"),
+    [
+        ("", 422, "tasks.0.data.image"),
+        ("/data/upload/3/missing.jpg", 400, "tasks.0.data"),
+        ("s3://bucket/photo.jpg", 422, "tasks.0.data"),
+        ("ftp://example.com/photo.jpg", 422, "tasks.0.data"),
+        ("http://10.1.2.3/photo.jpg", 403, "image"),
+        ("http://169.254.169.254/latest/meta-data/", 403, "image"),
+    ],
+    ids=["no-image", "not-on-host", "cloud-uri", "other-scheme", "private-address", "metadata-address"],
+)
+def test_an_image_that_cannot_be_had_is_a_4xx(client: httpx.Client, url: str, status: int, field: str) -> None:
+    response = predict(client, predict_body(url, [keypoint(10, 10, SIZE)]))
+    assert response.status_code == status, response.text
+    assert response.json()["field"].startswith(field)
+
+
+def test_a_config_without_brush_or_polygon_is_a_422(client: httpx.Client) -> None:
+    config = '<View><Image name="image" value="$image"/><Choices name="c" toName="image"/></View>'
+    response = predict(client, predict_body(PATH, [keypoint(10, 10, SIZE)], config))
+    assert response.status_code == 422
+    assert response.json()["field"] == "label_config"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, basic("wrong"), {"Authorization": "Basic !!notbase64"}],
+    ids=["none", "wrong-password", "garbled"],
+)
+def test_label_studio_needs_the_api_token_as_its_basic_password(client: httpx.Client, headers: dict[str, str]) -> None:
+    request = client.build_request("POST", "/labelstudio/predict", json=predict_body(PATH, None))
+    del request.headers["Authorization"]  # the client's own Basic header
+    request.headers.update(headers)
+    response = client.send(request)
+    assert response.status_code == 401
+    assert response.json()["field"] == "Authorization"
+
+
+def test_basic_auth_opens_only_the_label_studio_routes(client: httpx.Client) -> None:
+    body = {"image_id": "x", "point_coords": [[1, 1]], "point_labels": [1]}
+    assert client.post("/sam/segment_image", json=body).status_code == 401  # the client sends Basic
+
+
+# ---- The token logic, without a server ------------------------------------------------------------------------
+
+
+def backend(host: FileHost, token: str | None = None) -> LabelStudioBackend:
+    from sam_core.settings import Settings
+
+    settings = Settings(
+        labelstudio_url=host.url + "/", labelstudio_token=SecretStr(token) if token else None, redis_url=None
+    )
+    return LabelStudioBackend(ingress=None, settings=settings)  # type: ignore[arg-type]
+
+
+def test_setup_token_counts_only_for_the_configured_host(host: FileHost) -> None:
+    ls = backend(host)
+    assert ls.host == host.url  # the trailing slash goes
+    ls.remember_setup(SetupRequest(hostname="http://evil.example:8080", access_token="stolen"))
+    assert ls.setup_token is None
+    ls.remember_setup(SetupRequest(hostname=host.url + "/", access_token=LEGACY))
+    assert ls.setup_token == LEGACY
+    image = asyncio.run(ls._image(host.url + PATH))
+    assert base64.b64decode(image["value"]) == PHOTO
+
+
+def test_a_personal_access_token_is_exchanged_once_for_an_access_token(host: FileHost) -> None:
+    ls = backend(host, PERSONAL)
+    before = host.requests["/api/token/refresh/"]
+
+    async def twice() -> list[dict[str, str]]:
+        return [await ls._image(host.url + PATH), await ls._image(host.url + PATH)]
+
+    images = asyncio.run(twice())
+    assert all(base64.b64decode(image["value"]) == PHOTO for image in images)
+    assert host.requests["/api/token/refresh/"] == before + 1
+    assert host.auth_seen[-1].startswith("Bearer eyJ")
+
+
+def test_a_refused_token_says_so(host: FileHost) -> None:
+    with pytest.raises(URLInputRefused, match="refused the token"):
+        asyncio.run(backend(host, "not-the-token")._image(host.url + PATH))
+    with pytest.raises(URLInputRefused, match="personal access token"):
+        asyncio.run(backend(host, PERSONAL.replace("cGF0", "YmFk"))._image(host.url + PATH))
+
+
+def test_urls_elsewhere_are_left_to_the_url_fetch_rules(host: FileHost) -> None:
+    image = asyncio.run(backend(host, LEGACY)._image("http://127.0.0.1:9/photo.jpg"))
+    assert image == {"type": "url", "value": "http://127.0.0.1:9/photo.jpg"}
