@@ -23,7 +23,9 @@ then measures, alternating each measurement with its reference where both are ti
  12. memory per replica: a decoder's RSS with its local copies full, the encoder's after 100 mixed images;
  13. the click path at nice 0 vs Ray's 15, two apps side by side, quiet and beside a busy process;
  14. Ray Serve's access log off vs on, two apps side by side;
- 15. the decoder's ONNX Runtime threads spinning vs not, two apps side by side.
+ 15. the decoder's ONNX Runtime threads spinning vs not, two apps side by side;
+ 16. the labelling page: click-to-overlay in Chromium, decoded in the page vs by the server;
+ 17. Label Studio: a second annotator's first click on an embedded image vs the first's, and 4 annotators' clicks/s.
 
 Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~15 min here; --quick ~4 min)
 """
@@ -47,6 +49,7 @@ from clicks import follow_up_latency, follow_up_throughput
 from everything import everything
 from flight import single_flight
 from harness import Bench, Report, redis_server
+from labelstudio import labelstudio_clicks
 from memory import memory
 from model_runs import cold_request, decoder_options, encoder_batching, encoder_runs, encodings, redis_bytes
 from page import page_clicks
@@ -67,7 +70,7 @@ def main() -> None:
         "--only",
         type=lambda text: set(text.split(",")),
         help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts,"
-        "everything,flight,routing,memory,niceness,access_log,spinning,page",
+        "everything,flight,routing,memory,niceness,access_log,spinning,page,labelstudio",
     )
     args = parser.parse_args()
 
@@ -113,6 +116,7 @@ def main() -> None:
                 ("access_log", lambda: access_log(bench, report)),
                 ("spinning", lambda: spinning(bench, report)),
                 ("page", lambda: page_clicks(bench, report)),
+                ("labelstudio", lambda: labelstudio_clicks(bench, report)),
             ]
             for name, section in sections:
                 if not args.only or name in args.only:
