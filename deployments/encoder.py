@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -43,6 +44,7 @@ class SamEncoder:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-encoder")
         self.images_embedded = 0
         self.batches = 0
+        self.batch_sizes: Counter[int] = Counter()
         log.info("SamEncoder ready: model=%s device=%s", self.service.identity.model_id, self.service.device)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -63,6 +65,7 @@ class SamEncoder:
         metrics.encoder_batch(model_id, len(images), time.perf_counter() - started)
         self.images_embedded += len(images)
         self.batches += 1
+        self.batch_sizes[len(images)] += 1
         if self.service.cache.shared:
             # Without Redis this process's cache would be read by nobody: the ingress keeps the embeddings.
             stored = await asyncio.gather(
@@ -82,5 +85,8 @@ class SamEncoder:
         return self.service.identity.model_id
 
     async def stats(self) -> dict[str, int]:
-        """What this replica has done since it started (images embedded, batches run) and its resident memory."""
-        return {"images_embedded": self.images_embedded, "batches": self.batches, "rss_bytes": resident_bytes()}
+        """What this replica has done since it started (images embedded, batches run, `batches_of_N`: batches of
+        N images) and its resident memory."""
+        sizes = {f"batches_of_{size}": count for size, count in sorted(self.batch_sizes.items())}
+        done = {"images_embedded": self.images_embedded, "batches": self.batches}
+        return {**done, **sizes, "rss_bytes": resident_bytes()}

@@ -9,10 +9,8 @@ so handle callers skip the JSON round trip but get the same validation and error
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -44,11 +42,13 @@ from sam_core.wire.schemas import (
     SEGMENT_ROUTE,
     EmbedImageRequest,
     EmbedImageResponse,
+    EmbedResult,
     SegmentImageRequest,
     SegmentImageResponse,
     SegmentJob,
     SegmentPromptsResponse,
     SegmentResult,
+    WarmResult,
 )
 
 log = logging.getLogger("ray.serve")
@@ -64,17 +64,6 @@ api = FastAPIOffline(
 api.router.route_class = OffLoopJSONRoute
 install_error_handlers(api)
 api.include_router(labelstudio.router)
-
-
-@dataclass
-class EmbedResult:
-    """What `embed` returns to handle callers: the response (json and metadata formats: no `embeddings` list;
-    the array is `embedding`), and the .npy bytes when the format is binary."""
-
-    response: EmbedImageResponse
-    embedding: np.ndarray
-    """The float32 (1, 256, 64, 64) embedding, as the cache holds it."""
-    npy: bytes | None = None
 
 
 api.add_middleware(BodySizeLimit)
@@ -166,6 +155,13 @@ class SamIngress:
         npy = embedding_to_npy(embedding.embedding) if request.format == "binary" else None
         metrics.request_served(EMBED_ROUTE, request.format, source, time.perf_counter() - started)
         return EmbedResult(response=response, embedding=embedding.embedding, npy=npy)
+
+    async def warm(self, request: EmbedImageRequest) -> WarmResult:
+        """Embed the image into the shared cache unless it is there (`sam-serve warm`): keyed as `embed` keys it,
+        checked from the entry's header alone, and nothing comes back but whether it was cached."""
+        self._check_version(request.sam_version_id)
+        key, cached = await self.images.warm(request)
+        return WarmResult(image_id=key, cached=cached)
 
     async def segment(self, request: SegmentImageRequest) -> SegmentResult:
         """Masks for the request's prompt; the body is JSON-ready (json/rle/png) or npz bytes (binary)."""

@@ -45,6 +45,16 @@ class NewImages:
         image = request.image
         return await off_loop(read_image, image.type, image.value, self.settings.images, field="image", pool="image")
 
+    async def warm(self, request: Any) -> tuple[str, bool]:
+        """The image's cache key (its `image_id`, else the hash of its bytes) and whether its embedding was cached
+        (from the entry's header alone); when it was not, one encoder run of it puts it there."""
+        encoded = await self.read(request)
+        key = request.image_id or encoded.content_id
+        if await self.cache.has_embedding(await self.model_id(), key, encoded.content_id):
+            return key, True
+        await self.embed_once(key, encoded, {}, inline=False)
+        return key, False
+
     async def encoder_input(self, encoded: EncodedImage) -> EncoderInput:
         """The image decoded and resized to the encoder's input frame (off the loop, on the image thread): only
         for an image whose embedding is not cached."""

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as coco_mask
 
-from sam_core.errors import CacheMiss, SamServeError
+from sam_core.errors import CacheMiss, SamServeError, error_name, error_reason
 from sam_core.wire.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest
 
 DEFAULT_CATEGORY = "object"
@@ -153,19 +153,6 @@ def read_prompts(prompts_path: Path) -> tuple[list[BoxPrompt], list[Failure]]:
 # ---- the Ray Data stage -------------------------------------------------------------------------------
 
 
-def _error_name(exc: BaseException) -> str:
-    # Ray re-raises a replica's exception as a subclass of the original: name the original class.
-    return next((c.__name__ for c in type(exc).__mro__ if c.__module__ == "sam_core.errors"), type(exc).__name__)
-
-
-def _error_reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    field_name = getattr(exc, "field", None)
-    if isinstance(reason, str):
-        return f"{field_name}: {reason}" if field_name else reason
-    return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-
-
 @dataclass
 class ImageRecord:
     """What the actor returns for one image: its size and annotations (without COCO ids) and its failures."""
@@ -204,7 +191,7 @@ class SegmentImages:
                 embedded = response.result().response
             except SamServeError as exc:
                 for prompt in self.prompts_by_path[record.path]:
-                    record.failures.append(self._failure(prompt, _error_name(exc), _error_reason(exc)))
+                    record.failures.append(self._failure(prompt, error_name(exc), error_reason(exc)))
                 continue
             record.image_key = embedded.image_id
             record.height, record.width = embedded.original_size
@@ -246,9 +233,9 @@ class SegmentImages:
             except SamServeError as exc:
                 refused = _refused_prompt(exc, len(prompts))
                 if refused is None:
-                    record.failures.extend(self._failure(p, _error_name(exc), _error_reason(exc)) for p in prompts)
+                    record.failures.extend(self._failure(p, error_name(exc), error_reason(exc)) for p in prompts)
                     return
-                record.failures.append(self._failure(prompts[refused], _error_name(exc), _error_reason(exc)))
+                record.failures.append(self._failure(prompts[refused], error_name(exc), error_reason(exc)))
                 prompts = prompts[:refused] + prompts[refused + 1 :]
                 response = self._submit(record, prompts, image=image) if prompts else None
                 continue

@@ -1,5 +1,5 @@
 """The `sam-serve` command line: fetch and check checkpoints, export decoders, segment an image locally (from
-prompts, or everything in it), and `run` the whole service on a local Ray cluster.
+prompts, or everything in it), `run` the whole service on a local Ray cluster, and `warm` its cache for a dataset.
 
 Settings come from `SAM_*` environment variables (sam_core.settings.Settings); flags given here win.
 """
@@ -21,6 +21,7 @@ from sam_cli.commands import (
     cmd_segment,
 )
 from sam_cli.run import add_run_options, cmd_run
+from sam_cli.warm import add_warm_options, cmd_warm
 from sam_core.errors import SamServeError
 
 
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="serve the API on a local Ray cluster (and a private Redis) until stopped")
     add_run_options(run)
     run.set_defaults(func=cmd_run)
+
+    warm = commands.add_parser(
+        "warm", help="embed a dataset's images into the running app's shared cache (a Ray Data job)"
+    )
+    add_warm_options(warm)
+    warm.set_defaults(func=cmd_warm)
     return parser
 
 

@@ -18,6 +18,20 @@ class SamServeError(Exception):
         self.field = field
 
 
+def error_name(exc: BaseException) -> str:
+    """The class of a sam-serve error, also when Ray re-raises a replica's as a subclass of it (RayTaskError)."""
+    return next((c.__name__ for c in type(exc).__mro__ if c.__module__ == __name__), type(exc).__name__)
+
+
+def error_reason(exc: BaseException) -> str:
+    """`field: reason` of a sam-serve error (a re-raised one too), else the exception's last line."""
+    reason = getattr(exc, "reason", None)
+    field_name = getattr(exc, "field", None)
+    if isinstance(reason, str):
+        return f"{field_name}: {reason}" if field_name else reason
+    return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+
+
 # ---- client errors (4xx) ------------------------------------------------------------------------------
 
 

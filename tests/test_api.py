@@ -27,14 +27,13 @@ from PIL import Image
 from ray import serve
 from segment_anything import SamPredictor
 
-from deployments.ingress import EmbedResult
 from sam_core.embedding import round_to_storage
 from sam_core.errors import InvalidInput
 from sam_core.model.build import LoadedModel
 from sam_core.model.encoder import ImageEncoder
 from sam_core.wire.masks import polygons_to_mask
 from sam_core.wire.npy import npy_to_embedding, npz_to_segment
-from sam_core.wire.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest, SegmentResult
+from sam_core.wire.schemas import EmbedImageRequest, EmbedResult, ImagePayload, SegmentImageRequest, SegmentResult
 from tests.conftest import APP_NAME, ServeApp, png_to_mask, rle_to_mask
 
 pytestmark = pytest.mark.slow

@@ -252,6 +252,26 @@ class SegmentJob:
 
 
 @dataclass
+class EmbedResult:
+    """What `embed` returns to handle callers: the response (json and metadata formats: no `embeddings` list;
+    the array is `embedding`), and the .npy bytes when the format is binary."""
+
+    response: EmbedImageResponse
+    embedding: np.ndarray
+    """The float32 (1, 256, 64, 64) embedding, as the cache holds it."""
+    npy: bytes | None = None
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """What `warm` returns to handle callers (`sam-serve warm`): the image's cache key and whether it was cached
+    already (then nothing ran)."""
+
+    image_id: str
+    cached: bool
+
+
+@dataclass
 class SegmentResult:
     """A decoder's answer, already encoded: `body` is JSON-ready (dict) or raw bytes with `media_type`."""
 
