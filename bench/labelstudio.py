@@ -63,7 +63,7 @@ def labelstudio_clicks(bench: Bench, report: Report, repeats: int = 3, seconds: 
     host = FileHost(TOKEN, "unused")
     paths = [f"/data/upload/1/photo-{i}.jpg" for i in range(repeats + ANNOTATORS + 1)]
     for i, path in enumerate(paths):
-        host.files[path] = _jpeg(300 + i)
+        host.files[path] = _jpeg(200 + i)
     with host.running():
         bench.deploy("vit_b", decoders=2, decoder_threads=1, labelstudio_url=host.url, labelstudio_token=TOKEN)
         encoder = serve.get_deployment_handle("SamEncoder", app_name="sam")

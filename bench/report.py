@@ -25,7 +25,8 @@ then measures, alternating each measurement with its reference where both are ti
  14. Ray Serve's access log off vs on, two apps side by side;
  15. the decoder's ONNX Runtime threads spinning vs not, two apps side by side;
  16. the labelling page: click-to-overlay in Chromium, decoded in the page vs by the server;
- 17. Label Studio: a second annotator's first click on an embedded image vs the first's, and 4 annotators' clicks/s.
+ 17. Label Studio: a second annotator's first click on an embedded image vs the first's, and 4 annotators' clicks/s;
+ 18. warm-up: `sam-serve warm` over a folder vs embedding one image at a time, the rerun, the batch sizes seen.
 
 Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~15 min here; --quick ~4 min)
 """
@@ -56,6 +57,7 @@ from page import page_clicks
 from prompts import many_boxes
 from routing import routing
 from side_by_side import access_log, niceness, spinning
+from warm import warm_up
 
 from sam_cli.local_redis import free_port
 
@@ -70,7 +72,7 @@ def main() -> None:
         "--only",
         type=lambda text: set(text.split(",")),
         help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts,"
-        "everything,flight,routing,memory,niceness,access_log,spinning,page,labelstudio",
+        "everything,flight,routing,memory,niceness,access_log,spinning,page,labelstudio,warm",
     )
     args = parser.parse_args()
 
@@ -117,6 +119,7 @@ def main() -> None:
                 ("spinning", lambda: spinning(bench, report)),
                 ("page", lambda: page_clicks(bench, report)),
                 ("labelstudio", lambda: labelstudio_clicks(bench, report)),
+                ("warm", lambda: warm_up(bench, report)),
             ]
             for name, section in sections:
                 if not args.only or name in args.only:

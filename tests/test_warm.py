@@ -118,3 +118,18 @@ def test_the_command_warms_through_a_ray_address(serve_app: ServeApp, tmp_path: 
     refused = subprocess.run(missing_app, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert refused.returncode == 2
     assert "no-such-app" in refused.stderr
+
+
+@pytest.mark.slow
+def test_the_python_example_warms_too(serve_app: ServeApp, tmp_path: Path) -> None:
+    import ray
+
+    write_images(tmp_path / "data", 2, seed=int.from_bytes(os.urandom(4), "little"))
+    (tmp_path / "data" / "bad.png").write_bytes(b"no PNG")
+    address = ray.get_runtime_context().gcs_address
+    example = REPO / "examples" / "warm_dataset.py"
+    command = [sys.executable, str(example), str(tmp_path / "data"), "--address", address]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 embedded, 0 already cached" in done.stdout
+    assert re.search(r"failed: .*bad\.png: ImageDecodeError", done.stdout), done.stdout
