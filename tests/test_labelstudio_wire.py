@@ -9,6 +9,7 @@ import pytest
 
 from sam_core.errors import InvalidInput
 from sam_core.wire.labelstudio import brush_rle, context_prompt, parse_label_config, region
+from tests import labelstudio_support as support
 
 CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -18,28 +19,15 @@ CONFIG = """<View>
 </View>"""
 
 
-def keypoint(x: float, y: float, *, positive: bool | None = True, size: tuple[int, int] = (400, 300)) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "original_width": size[0],
-        "original_height": size[1],
-        "image_rotation": 0,
-        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": ["Object"]},
-        "from_name": "kp",
-        "to_name": "image",
-        "type": "keypointlabels",
-    }
-    if positive is not None:
-        item["is_positive"] = positive
-    return item
+SIZE = (400, 300)
+
+
+def keypoint(x: float, y: float, *, positive: bool | None = True, size: tuple[int, int] = SIZE) -> dict[str, Any]:
+    return support.keypoint(x, y, size, positive=positive)
 
 
 def rectangle(x: float, y: float, w: float, h: float) -> dict[str, Any]:
-    return {
-        "original_width": 400,
-        "original_height": 300,
-        "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": ["Object"]},
-        "type": "rectanglelabels",
-    }
+    return support.rectangle(x, y, w, h, SIZE)
 
 
 def read_brush_rle(rle: list[int], shape: tuple[int, int]) -> np.ndarray:
