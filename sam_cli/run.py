@@ -230,6 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         url = f"http://{args.host}:{args.port}"
         routes = f"POST {EMBED_ROUTE}, {SEGMENT_ROUTE}, {EVERYTHING_ROUTE}; GET {DECODER_FILE_ROUTE}"
         print(f"sam-serve: ready at {url} ({routes}; docs at {url}/docs)")
+        print(f"sam-serve: the labelling page at {url}/ui/; Label Studio's ML backend URL: {url}/labelstudio")
         print(f"sam-serve: Prometheus metrics at {_metrics_url()} (ray_sam_*: deployments/METRICS.md)")
         print("sam-serve: Ctrl-C or SIGTERM stops it", file=sys.stderr)
         sys.stdout.flush()
