@@ -27,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.http_errors import ERROR_RESPONSES
 from deployments.off_loop import OffLoopJSONRoute
-from sam_core.errors import CacheMiss, InvalidInput, URLFetchError, URLInputRefused
+from sam_core.errors import CacheMiss, InvalidInput, URLFetchError, URLInputRefused, describe
 from sam_core.settings import Settings
+from sam_core.wire.image_checks import check_byte_count
 from sam_core.wire.labelstudio import InteractivePrompt, LabelConfig, context_prompt, parse_label_config, region
 from sam_core.wire.schemas import SegmentImageRequest
 
@@ -144,7 +145,6 @@ class LabelStudioBackend:
         if not (self.host and _origin(url) == _origin(self.host)):
             return {"type": "url", "value": url}
         headers = await self._auth_headers()
-        limit = self.settings.images.max_bytes
         try:
             async with (
                 httpx.AsyncClient(timeout=self.settings.images.url_timeout_s, trust_env=False) as client,
@@ -160,12 +160,10 @@ class LabelStudioBackend:
                 data = bytearray()
                 async for chunk in response.aiter_bytes():
                     data += chunk
-                    if len(data) > limit:
-                        raise URLFetchError(f"the image is over {limit} bytes", field="tasks.0.data")
+                    check_byte_count(len(data), self.settings.images, "tasks.0.data")  # 413, as for any image
         except httpx.HTTPError as exc:
-            raise URLFetchError(
-                f"Label Studio at {self.host} did not answer: {type(exc).__name__}", field="tasks.0.data"
-            ) from None
+            reason = f"Label Studio at {self.host} did not answer: {describe(exc)}"
+            raise URLFetchError(reason, field="tasks.0.data") from None
         return {"type": "base64", "value": base64.b64encode(bytes(data)).decode("ascii")}
 
     async def _auth_headers(self) -> dict[str, str]:
@@ -181,9 +179,7 @@ class LabelStudioBackend:
                     async with httpx.AsyncClient(timeout=self.settings.images.url_timeout_s, trust_env=False) as client:
                         response = await client.post(f"{self.host}/api/token/refresh/", json={"refresh": token})
                 except httpx.HTTPError as exc:
-                    raise URLFetchError(
-                        f"Label Studio did not answer: {type(exc).__name__}", field="tasks.0.data"
-                    ) from None
+                    raise URLFetchError(f"Label Studio did not answer: {describe(exc)}", field="tasks.0.data") from None
                 if response.status_code != 200:
                     raise URLInputRefused(
                         f"Label Studio refused the personal access token ({response.status_code})", field="tasks.0.data"

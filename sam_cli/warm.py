@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from sam_core.cache.codec import HEADER_BYTES
-from sam_core.errors import SamServeError, error_name, error_reason
+from sam_core.errors import SamServeError, describe, error_name, error_reason
 from sam_core.wire.schemas import EmbedImageRequest, ImagePayload
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
@@ -104,7 +104,7 @@ class WarmImages:
             try:
                 data = _read(source)
             except Exception as exc:  # noqa: BLE001 (any unreadable file or URL is reported, and the run goes on)
-                reasons[index] = f"unreadable: {type(exc).__name__}: {exc}"
+                reasons[index] = f"unreadable: {describe(exc)}"
                 continue
             payload = ImagePayload(type="base64", value=base64.b64encode(data).decode("ascii"))
             request = EmbedImageRequest(image=payload, sam_version_id=self.model)
