@@ -26,7 +26,8 @@ then measures, alternating each measurement with its reference where both are ti
  15. the decoder's ONNX Runtime threads spinning vs not, two apps side by side;
  16. the labelling page: click-to-overlay in Chromium, decoded in the page vs by the server;
  17. Label Studio: a second annotator's first click on an embedded image vs the first's, and 4 annotators' clicks/s;
- 18. warm-up: `sam-serve warm` over a folder vs embedding one image at a time, the rerun, the batch sizes seen.
+ 18. warm-up: `sam-serve warm` over a folder vs embedding one image at a time, the rerun, the batch sizes seen;
+ 19. several models: clicks alternating two served models vs one; a vit_b model switch (encoder, decoder), RSS.
 
 Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~15 min here; --quick ~4 min)
 """
@@ -53,6 +54,7 @@ from harness import Bench, Report, redis_server
 from labelstudio import labelstudio_clicks
 from memory import memory
 from model_runs import cold_request, decoder_options, encoder_batching, encoder_runs, encodings, redis_bytes
+from models import several_models
 from page import page_clicks
 from prompts import many_boxes
 from routing import routing
@@ -72,7 +74,7 @@ def main() -> None:
         "--only",
         type=lambda text: set(text.split(",")),
         help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts,"
-        "everything,flight,routing,memory,niceness,access_log,spinning,page,labelstudio,warm",
+        "everything,flight,routing,memory,niceness,access_log,spinning,page,labelstudio,warm,models",
     )
     args = parser.parse_args()
 
@@ -120,6 +122,7 @@ def main() -> None:
                 ("page", lambda: page_clicks(bench, report)),
                 ("labelstudio", lambda: labelstudio_clicks(bench, report)),
                 ("warm", lambda: warm_up(bench, report)),
+                ("models", lambda: several_models(bench, report)),
             ]
             for name, section in sections:
                 if not args.only or name in args.only:

@@ -18,6 +18,7 @@ from deployments.decoder import SamDecoder
 from deployments.encoder import SamEncoder
 from deployments.ingress import SamIngress
 from sam_core.errors import ConfigurationError
+from sam_core.served_models import check_served_models
 from sam_core.settings import Settings
 
 
@@ -28,10 +29,12 @@ def load_settings(args: Mapping[str, Any], *, env_overrides: bool = True) -> Set
     are not (`env_overrides=False`: the variables then fill only the fields not given).
     """
     try:
-        return Settings.with_env_overrides(args) if env_overrides else Settings(**args)
+        settings = Settings.with_env_overrides(args) if env_overrides else Settings(**args)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigurationError(f"invalid sam-serve settings: {problems}") from None
+    check_served_models(settings)
+    return settings
 
 
 def compose(

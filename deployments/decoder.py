@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import ray
 from ray import serve
@@ -14,10 +15,12 @@ from ray import serve
 from deployments import metrics
 from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
 from deployments.memory import resident_bytes
+from deployments.multiplex import ReplicaModels
 from sam_core.cache import LocallyCopiedCache
 from sam_core.everything_service import EverythingService
+from sam_core.model.build import ModelIdentity
 from sam_core.model.decoder import DecoderGraph
-from sam_core.service import DecoderService
+from sam_core.service import DecoderService, decoder_cache
 from sam_core.settings import Settings
 from sam_core.wire.everything import EverythingJob
 from sam_core.wire.schemas import SegmentJob, SegmentResult
@@ -42,6 +45,13 @@ ROUTER_CONFIG = {
 }
 
 
+class DecoderModel(NamedTuple):
+    """One model's services on a decoder replica: clicks, and segment-everything runs."""
+
+    clicks: DecoderService
+    everything: EverythingService
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 1, "runtime_env": CLICK_PATH_RUNTIME_ENV},
     logging_config=CLICK_PATH_LOGGING,
@@ -64,28 +74,35 @@ class SamDecoder:
     """
 
     def __init__(self, settings: Settings) -> None:
-        threads = settings.decoder_threads or _replica_cpus()
-        self.service = DecoderService.from_settings(settings, threads=threads)
-        self.service.cache.read_observer = metrics.cache_read
+        self.threads = settings.decoder_threads or _replica_cpus()
+        self.max_batch_bytes = settings.everything_max_batch_bytes
+        # One cache for every model here: one connection pool, one budget of local copies (keys name the model).
+        self.cache = decoder_cache(settings)
+        self.cache.read_observer = metrics.cache_read
+        self.models = ReplicaModels(settings, "decoder", self._model, self.cache)
         # One decode at a time per replica: they would only compete for the same cores.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-decoder")
         # Segment-everything runs take seconds to minutes: their own thread, so clicks never queue behind one.
-        self.everything = EverythingService(
-            self.service, threads=threads, max_batch_bytes=settings.everything_max_batch_bytes
-        )
         self.everything_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-everything")
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        log.info("SamDecoder ready: model=%s threads=%d", self.service.identity.model_id, threads)
+        log.info("SamDecoder ready: model=%s threads=%d", self.models.default.clicks.identity.model_id, self.threads)
+
+    def _model(self, settings: Settings) -> DecoderModel:
+        clicks = DecoderService.from_settings(settings, threads=self.threads, cache=self.cache)
+        everything = EverythingService(clicks, threads=self.threads, max_batch_bytes=self.max_batch_bytes)
+        return DecoderModel(clicks, everything)
 
     async def segment(self, job: SegmentJob) -> SegmentResult:
-        result = await self.service.segment(job, self.executor)
-        metrics.decoder_timings(self.service.identity.model_id, result.timings)
+        _, model = await self.models.current()
+        result = await model.clicks.segment(job, self.executor)
+        metrics.decoder_timings(model.clicks.identity.model_id, result.timings)
         result.replica = self.replica_id
         return result
 
     async def segment_everything(self, job: EverythingJob) -> SegmentResult:
         """A generator run; Ray Serve cancels it when the caller goes away, and it stops at the next batch."""
-        model_id = self.service.identity.model_id
+        _, model = await self.models.current()
+        model_id = model.clicks.identity.model_id
         started = time.perf_counter()
         state = {"logged": started, "done": 0}
 
@@ -98,7 +115,7 @@ class SamDecoder:
                 log.info("segment everything: %d/%d points in %.1f s", done, total, now - started)
 
         try:
-            result = await self.everything.run(job, self.everything_executor, progress=progress)
+            result = await model.everything.run(job, self.everything_executor, progress=progress)
         except asyncio.CancelledError:
             log.info("segment everything cancelled after %.1f s: the caller went away", time.perf_counter() - started)
             metrics.everything_run(model_id, "cancelled")
@@ -110,16 +127,28 @@ class SamDecoder:
         result.replica = self.replica_id
         return result
 
+    async def __del__(self) -> None:
+        """Serve's shutdown: the listing of loaded models stops counting this replica."""
+        if hasattr(self, "models"):  # not when the constructor failed
+            await self.models.shutdown()
+
     async def model_id(self) -> str:
-        return self.service.identity.model_id
+        """The identity of the weights the call's model names (loading them here if need be)."""
+        return (await self.identity()).model_id
+
+    async def identity(self) -> ModelIdentity:
+        """The call's model's type and checkpoint sha256 (the checkpoint resolved and verified here)."""
+        _, model = await self.models.current()
+        return model.clicks.identity
 
     async def graph(self, multimask: bool) -> DecoderGraph:
         """The exported decoder file, for clients that decode clicks themselves (`GET /sam/decoder.onnx`)."""
-        return await asyncio.to_thread(self.service.graph, multimask=multimask)
+        _, model = await self.models.current()
+        return await asyncio.to_thread(model.clicks.graph, multimask=multimask)
 
     async def stats(self) -> dict[str, int | str]:
         """This replica's id, its local copies (count and bytes) and its resident memory."""
-        copies = self.service.cache.copies if isinstance(self.service.cache, LocallyCopiedCache) else None
+        copies = self.cache.copies if isinstance(self.cache, LocallyCopiedCache) else None
         return {
             "replica": self.replica_id,
             "local_copies": len(copies) if copies is not None else 0,

@@ -14,29 +14,30 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
-from ray.serve.handle import DeploymentHandle
 
+from deployments.models import ServedModels
 from sam_core.model.decoder import DecoderGraph
 
 ONNX_MEDIA_TYPE = "application/octet-stream"
 
 
 class DecoderFiles:
-    """The ingress's copy of each decoder variant's graph, fetched from a decoder replica on first request."""
+    """The ingress's copy of each model's decoder graphs, fetched from a decoder replica on first request."""
 
-    def __init__(self, decoder: DeploymentHandle) -> None:
-        self.decoder = decoder
-        self._graphs: dict[bool, DecoderGraph] = {}
+    def __init__(self, models: ServedModels) -> None:
+        self.models = models
+        self._graphs: dict[tuple[str, bool], DecoderGraph] = {}
         self._lock = asyncio.Lock()
 
-    async def graph(self, *, multimask: bool) -> DecoderGraph:
+    async def graph(self, model: str, *, multimask: bool) -> DecoderGraph:
         async with self._lock:  # one fetch per variant, however many clients ask at once
-            if multimask not in self._graphs:
-                self._graphs[multimask] = await self.decoder.graph.remote(multimask)
-            return self._graphs[multimask]
+            if (model, multimask) not in self._graphs:
+                graph = await self.models.decoder(model, None).graph.remote(multimask)
+                self._graphs[model, multimask] = graph
+            return self._graphs[model, multimask]
 
-    async def response(self, request: Request, *, multimask: bool) -> Response:
-        graph = await self.graph(multimask=multimask)
+    async def response(self, request: Request, model: str, *, multimask: bool) -> Response:
+        graph = await self.graph(model, multimask=multimask)
         etag = f'"{graph.sha256}"'
         headers: dict[str, Any] = {
             "ETag": etag,

@@ -14,10 +14,11 @@ from ray import serve
 
 from deployments import metrics
 from deployments.memory import resident_bytes
+from deployments.multiplex import ReplicaModels
 from sam_core.cache import KIND_EMBEDDING
 from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.model.encoder import DEFAULT_MAX_BATCH_SIZE
-from sam_core.service import EncoderService
+from sam_core.service import EncoderService, cache_from_settings
 from sam_core.settings import Settings
 
 log = logging.getLogger("ray.serve")
@@ -35,22 +36,31 @@ class SamEncoder:
     """Embeds images in batches and writes every embedding to the shared cache.
 
     Callers send one image at a time (`embed`); `@serve.batch` gathers concurrent calls into one forward pass,
-    waiting at most `batch_wait_timeout_s` for a batch to fill. The model runs in a worker thread so the
-    replica's event loop keeps accepting (and batching) requests while a batch computes.
+    waiting at most `batch_wait_timeout_s` for a batch to fill; Serve splits a batch by the calls' models, so
+    a forward pass is one model's. The model runs in a worker thread so the replica's event loop keeps accepting
+    (and batching) requests while a batch computes.
     """
 
     def __init__(self, settings: Settings) -> None:
-        self.service = EncoderService.from_settings(settings)
+        self.cache = cache_from_settings(settings)  # one connection pool for every model's service
+        self.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+        self.models = ReplicaModels(settings, "encoder", self._service, self.cache)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-encoder")
         self.images_embedded = 0
         self.batches = 0
         self.batch_sizes: Counter[int] = Counter()
-        log.info("SamEncoder ready: model=%s device=%s", self.service.identity.model_id, self.service.device)
+        default = self.models.default
+        log.info("SamEncoder ready: model=%s device=%s", default.identity.model_id, default.device)
+
+    def _service(self, settings: Settings) -> EncoderService:
+        return EncoderService.from_settings(settings, max_batch_size=self.max_batch_size, cache=self.cache)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Batch size and wait, changeable at run time through `user_config`."""
         max_batch_size = int(config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
-        self.service.encoder.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size
+        for service in [self.models.default, *self.models.services.values()]:
+            service.encoder.max_batch_size = max_batch_size
         self._embed_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         wait = float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S))
         self._embed_batch.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
@@ -59,17 +69,18 @@ class SamEncoder:
     async def _embed_batch(self, items: list[tuple[np.ndarray | EncoderInput, str | None]]) -> list[ImageEmbedding]:
         loop = asyncio.get_running_loop()
         images = [pixels for pixels, _ in items]
-        model_id = self.service.identity.model_id
+        _, service = await self.models.current()  # one model per batch: Serve splits batches by model
+        model_id = service.identity.model_id
         started = time.perf_counter()
-        embeddings = await loop.run_in_executor(self.executor, self.service.embed_batch, images)
+        embeddings = await loop.run_in_executor(self.executor, service.embed_batch, images)
         metrics.encoder_batch(model_id, len(images), time.perf_counter() - started)
         self.images_embedded += len(images)
         self.batches += 1
         self.batch_sizes[len(images)] += 1
-        if self.service.cache.shared:
+        if service.cache.shared:
             # Without Redis this process's cache would be read by nobody: the ingress keeps the embeddings.
             stored = await asyncio.gather(
-                *(self.service.store(key, emb) for (_, key), emb in zip(items, embeddings, strict=True) if key)
+                *(service.store(key, emb) for (_, key), emb in zip(items, embeddings, strict=True) if key)
             )
             for nbytes in stored:
                 metrics.cache_write(model_id, KIND_EMBEDDING, nbytes)
@@ -81,8 +92,15 @@ class SamEncoder:
         result: ImageEmbedding = await self._embed_batch((pixels, cache_key))
         return result
 
+    async def __del__(self) -> None:
+        """Serve's shutdown: the listing of loaded models stops counting this replica."""
+        if hasattr(self, "models"):  # not when the constructor failed
+            await self.models.shutdown()
+
     async def model_id(self) -> str:
-        return self.service.identity.model_id
+        """The identity of the weights the call's model names (loading them here if need be)."""
+        _, service = await self.models.current()
+        return service.identity.model_id
 
     async def stats(self) -> dict[str, int]:
         """What this replica has done since it started (images embedded, batches run, `batches_of_N`: batches of

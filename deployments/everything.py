@@ -11,9 +11,9 @@ import time
 from typing import Protocol
 
 from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
+from deployments.models import ServedModels
 from deployments.new_images import NewImages
 from deployments.off_loop import off_loop
 from sam_core.cache import EmbeddingCache
@@ -38,18 +38,13 @@ class SamIngress(Protocol):
     settings: Settings
     cache: EmbeddingCache
     images: NewImages
-
-    async def model_id(self) -> str: ...
-
-    def decoder_for(self, cache_key: str | None) -> DeploymentHandle: ...
-
-    def _check_version(self, sam_version_id: str | None) -> None: ...
+    models: ServedModels
 
 
-async def _cached(ingress: SamIngress, key: str, *, inline: bool, has_image: bool) -> ImageEmbedding | bool:
+async def _cached(ingress: SamIngress, model: str, key: str, *, inline: bool, has_image: bool) -> ImageEmbedding | bool:
     """The cached embedding (`inline`: the ingress's own per-process cache) or whether the shared cache holds
     it; False when it cannot say and the image is at hand."""
-    model_id = await ingress.model_id()
+    model_id = await ingress.models.model_id(model)
     try:
         if inline:
             return await ingress.cache.get_embedding(model_id, key) or False
@@ -64,6 +59,7 @@ async def _cached(ingress: SamIngress, key: str, *, inline: bool, has_image: boo
 
 async def _crop_embeddings(
     ingress: SamIngress,
+    model: str,
     request: SegmentEverythingRequest,
     key: str,
     size: tuple[int, int],
@@ -79,7 +75,7 @@ async def _crop_embeddings(
     embeddings: list[ImageEmbedding | None] = []
     crops: list[EncoderInput] | None = None
     for index, (box, crop_key) in enumerate(zip(boxes[1:], keys[1:], strict=True), start=1):
-        cached = await _cached(ingress, crop_key, inline=inline, has_image=request.image is not None)
+        cached = await _cached(ingress, model, crop_key, inline=inline, has_image=request.image is not None)
         if cached is not False:
             embeddings.append(cached if isinstance(cached, ImageEmbedding) else None)
             continue
@@ -91,14 +87,14 @@ async def _crop_embeddings(
         if crops is None:
             encoded = encoded or await ingress.images.read(request)
             crops = await off_loop(crop_encoder_inputs, encoded, ingress.settings.images, boxes, pool="image")
-        embeddings.append(await ingress.images.encode(crops[index], crop_key))
+        embeddings.append(await ingress.images.encode(model, crops[index], crop_key))
     return keys, embeddings
 
 
 async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequest) -> SegmentResult:
     """Every mask of the image, as `SamAutomaticMaskGenerator` finds them; the body is JSON-ready."""
     started = time.perf_counter()
-    ingress._check_version(request.sam_version_id)
+    model = ingress.models.resolve(request)
     options = request.options()
     check_grid(options)
     inline = not ingress.cache.shared
@@ -107,18 +103,18 @@ async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequ
     if key is None:
         encoded = await ingress.images.read(request)
         key = encoded.content_id
-    whole = await _cached(ingress, key, inline=inline, has_image=request.image is not None)
+    whole = await _cached(ingress, model, key, inline=inline, has_image=request.image is not None)
     source = "cache"
     if whole is False:
         if request.image is None:
             raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
         encoded = encoded or await ingress.images.read(request)
-        found, source = await ingress.images.embed_once(key, encoded, {}, inline=True)
+        found, source = await ingress.images.embed_once(model, key, encoded, {}, inline=True)
         assert found is not None, "inline=True gives the embedding"
         whole = found
     elif whole is True and options.crop_n_layers > 0:
         # Only crops need the image's size here (the decoder reads the embedding itself).
-        embedding = await ingress.cache.get_embedding(await ingress.model_id(), key)
+        embedding = await ingress.cache.get_embedding(await ingress.models.model_id(model), key)
         if embedding is None:
             raise CacheMiss("the cached embedding was evicted: send the image", field="image_id")
         whole = embedding
@@ -128,11 +124,11 @@ async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequ
     keys = [key]
     if options.crop_n_layers > 0:
         assert isinstance(whole, ImageEmbedding)
-        keys, more = await _crop_embeddings(ingress, request, key, whole.original_size, encoded)
+        keys, more = await _crop_embeddings(ingress, model, request, key, whole.original_size, encoded)
         embeddings += more
     job = EverythingJob(crop_keys=keys, options=options, format=request.format, embeddings=embeddings)
     try:
-        result: SegmentResult = await ingress.decoder_for(key).segment_everything.remote(job)
+        result: SegmentResult = await ingress.models.decoder(model, key).segment_everything.remote(job)
     except BackPressureError as exc:
         raise Overloaded("the decoders are at capacity: retry shortly") from exc
     assert isinstance(result.body, dict), "segment everything answers json"

@@ -23,7 +23,7 @@ _ERROR_STATUSES = {
     400: "malformed JSON, base64 or image",
     401: "missing or wrong bearer token (when auth is on)",
     403: "image source refused (file paths; URLs when disabled or not public)",
-    404: "image_id not cached (send the image), or unknown sam_version_id",
+    404: "image_id not cached (send the image), or an unknown model or sam_version_id",
     413: "body, image bytes or pixels over the limits",
     415: "image format not accepted",
     422: "a field has the wrong type or value",

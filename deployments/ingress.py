@@ -25,11 +25,12 @@ from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
 from deployments.decoder_file import ONNX_MEDIA_TYPE, DecoderFiles
 from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
 from deployments.limits import BearerAuth, BodySizeLimit
+from deployments.models import ServedModels
 from deployments.new_images import NewImages
 from deployments.off_loop import OffLoopJSONRoute, off_loop
 from deployments.ui import UI_PREFIX, VENDOR_PREFIX, UiFiles, embedding_headers, redirect_to_page
-from sam_core.cache import image_id_hash
-from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded, UnknownModel
+from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded
+from sam_core.served_models import resolve_model
 from sam_core.service import cache_from_settings
 from sam_core.settings import Settings
 from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingRequest, SegmentEverythingResponse
@@ -39,6 +40,7 @@ from sam_core.wire.npy import embedding_to_npy
 from sam_core.wire.schemas import (
     DECODER_FILE_ROUTE,
     EMBED_ROUTE,
+    MODELS_ROUTE,
     SEGMENT_ROUTE,
     EmbedImageRequest,
     EmbedImageResponse,
@@ -48,6 +50,7 @@ from sam_core.wire.schemas import (
     SegmentJob,
     SegmentPromptsResponse,
     SegmentResult,
+    ServedModelsResponse,
     WarmResult,
 )
 
@@ -81,49 +84,25 @@ class SamIngress:
     """Validates requests, decodes images, and routes: encoder only on a cache miss, decoder for prompts."""
 
     def __init__(self, encoder: DeploymentHandle, decoder: DeploymentHandle, settings: Settings) -> None:
-        self.encoder = encoder
-        self.decoder = decoder
         self.settings = settings
         self.cache = cache_from_settings(settings)
         self.cache.read_observer = metrics.cache_read
-        self.images = NewImages(encoder, self.cache, settings, self.model_id)
-        self.decoder_files = DecoderFiles(decoder)
+        self.models = ServedModels(settings, encoder, decoder, self.cache)
+        self.images = NewImages(self.models, self.cache, settings)
+        self.decoder_files = DecoderFiles(self.models)
         self.ui_files = UiFiles(settings.ui_dir)
         api.state.labelstudio = labelstudio.LabelStudioBackend(self, settings)
         BodySizeLimit.max_bytes = settings.max_body_bytes
         BearerAuth.token = settings.auth_token.get_secret_value().encode() if settings.auth_token else None
-        self._model_id: str | None = None
         self.replica_id = serve.get_replica_context().replica_id.unique_id
 
-    async def model_id(self) -> str:
-        """The served model's identity, asked of a decoder once (it resolves the checkpoint)."""
-        if self._model_id is None:
-            self._model_id = str(await self.decoder.model_id.remote())
-        return self._model_id
-
-    def decoder_for(self, cache_key: str | None) -> DeploymentHandle:
-        """The decoder handle keyed by the image (its key's hash, never the client's id), so the decoders'
-        consistent-hash router sends an image's every click to the replica holding its decoded copy.
-
-        Without a shared cache the embedding travels inline with every call: no replica holds anything, and
-        the calls spread over the replicas."""
-        if cache_key is None or not self.cache.shared:
-            return self.decoder
-        return self.decoder.options(session_id=image_id_hash(cache_key))
-
     # ---- shared by HTTP and handle calls ----------------------------------------------------------------
-
-    def _check_version(self, sam_version_id: str | None) -> None:
-        if sam_version_id not in (None, "", self.settings.model_type):
-            raise UnknownModel(
-                f"this service serves {self.settings.model_type!r}, not {sam_version_id!r}", field="sam_version_id"
-            )
 
     async def embed(self, request: EmbedImageRequest) -> EmbedResult:
         """Embed an image unless its embedding is cached; returns metadata (and the .npy when binary)."""
         started = time.perf_counter()
-        self._check_version(request.sam_version_id)
-        model_id = await self.model_id()
+        model = self.models.resolve(request)
+        model_id = await self.models.model_id(model)
         encoded = None
         key = request.image_id
         if key is None:
@@ -143,7 +122,7 @@ class SamIngress:
         embedding, source = cached, "cache"
         if embedding is None:
             encoded = encoded or await self.images.read(request)
-            found, source = await self.images.embed_once(key, encoded, {}, inline=True)
+            found, source = await self.images.embed_once(model, key, encoded, {}, inline=True)
             assert found is not None, "inline=True gives the embedding"
             embedding = found
         response = EmbedImageResponse(
@@ -159,18 +138,17 @@ class SamIngress:
     async def warm(self, request: EmbedImageRequest) -> WarmResult:
         """Embed the image into the shared cache unless it is there (`sam-serve warm`): keyed as `embed` keys it,
         checked from the entry's header alone, and nothing comes back but whether it was cached."""
-        self._check_version(request.sam_version_id)
-        key, cached = await self.images.warm(request)
+        key, cached = await self.images.warm(self.models.resolve(request), request)
         return WarmResult(image_id=key, cached=cached)
 
     async def segment(self, request: SegmentImageRequest) -> SegmentResult:
         """Masks for the request's prompt; the body is JSON-ready (json/rle/png) or npz bytes (binary)."""
         started = time.perf_counter()
-        self._check_version(request.sam_version_id)
+        model = self.models.resolve(request)
         job = await self._job(request)
         if request.embeddings is not None:
             job.embedding = await off_loop(client_embedding, request, self.settings.images)
-            return self._finish(await self._decode(job), job, started, source="client")
+            return self._finish(await self._decode(model, job), job, started, source="client")
 
         encoded: EncodedImage | None = None
         stages: dict[str, float] = {}
@@ -179,12 +157,12 @@ class SamIngress:
             encoded = await self.images.read(request)
             job.cache_key = encoded.content_id
         if not self.cache.shared:
-            job.embedding = await self.cache.get_embedding(await self.model_id(), job.cache_key)
-        elif request.image is not None and not await self.images.probably_cached(job.cache_key):
+            job.embedding = await self.cache.get_embedding(await self.models.model_id(model), job.cache_key)
+        elif request.image is not None and not await self.images.probably_cached(model, job.cache_key):
             # A new image goes straight to the encoder: asking a decoder first costs a whole handle hop.
-            return await self._encode_and_decode(job, request, encoded, started, stages)
+            return await self._encode_and_decode(model, job, request, encoded, started, stages)
         try:
-            return self._finish(await self._decode(job), job, started, source="cache", stages=stages)
+            return self._finish(await self._decode(model, job), job, started, source="cache", stages=stages)
         except CacheMiss:
             if request.image is None:
                 raise
@@ -193,7 +171,7 @@ class SamIngress:
                 raise CacheUnavailable(
                     "the embedding cache is unavailable: resend the request with the image", field="image_id"
                 ) from exc
-        return await self._encode_and_decode(job, request, encoded, started, stages)
+        return await self._encode_and_decode(model, job, request, encoded, started, stages)
 
     @staticmethod
     async def _job(request: SegmentImageRequest) -> SegmentJob:
@@ -207,6 +185,7 @@ class SamIngress:
 
     async def _encode_and_decode(
         self,
+        model: str,
         job: SegmentJob,
         request: SegmentImageRequest,
         encoded: EncodedImage | None,
@@ -219,25 +198,26 @@ class SamIngress:
         job.content_id = encoded.content_id
         assert job.cache_key is not None, "segment() names the entry before encoding"
         job.embedding, source = await self.images.embed_once(
-            job.cache_key, encoded, stages, inline=not self.cache.shared
+            model, job.cache_key, encoded, stages, inline=not self.cache.shared
         )
         try:
-            result = await self._decode(job)
+            result = await self._decode(model, job)
         except CacheMiss:
             if job.embedding is not None:
                 raise
             # Landed in the shared cache by another replica and evicted before this decode: embed it here.
-            job.embedding = await self.images.encode(await self.images.encoder_input(encoded), job.cache_key)
-            result = await self._decode(job)
+            image = await self.images.encoder_input(encoded)
+            job.embedding = await self.images.encode(model, image, job.cache_key)
+            result = await self._decode(model, job)
         return self._finish(result, job, started, source=source, stages=stages)
 
-    async def _decode(self, job: SegmentJob) -> SegmentResult:
+    async def _decode(self, model: str, job: SegmentJob) -> SegmentResult:
         """One decoder call, retried once on another replica if the first one died mid-call.
 
         Decoding is idempotent (the only write is the low-res logits, rewritten with the same value), so a
         retry is safe; the router has dropped the dead replica by the time the retry is sent.
         """
-        decoder = self.decoder_for(job.cache_key).segment
+        decoder = self.models.decoder(model, job.cache_key).segment
         try:
             result: SegmentResult = await decoder.remote(job)
         except (RayActorError, ReplicaUnavailableError):
@@ -320,12 +300,24 @@ class SamIngress:
     @api.get(
         DECODER_FILE_ROUTE,
         response_class=Response,
-        responses={200: {"content": {ONNX_MEDIA_TYPE: {}}}, 304: {"description": "the client's copy is current"}},
+        responses={
+            200: {"content": {ONNX_MEDIA_TYPE: {}}},
+            304: {"description": "the client's copy is current"},
+            404: ERROR_RESPONSES[404],
+        },
     )
-    async def decoder_file(self, request: Request, multimask: bool = False) -> Response:
-        """The served model's decoder graph (ONNX), to decode clicks in the client on embeddings from
-        `/sam/embed_image` (binary); `multimask`: the three-mask graph (its masks 1-3 are SamPredictor's)."""
-        return await self.decoder_files.response(request, multimask=multimask)
+    async def decoder_file(self, request: Request, multimask: bool = False, model: str | None = None) -> Response:
+        """A served model's decoder graph (ONNX), to decode clicks in the client on embeddings from
+        `/sam/embed_image` (binary); `multimask`: the three-mask graph (its masks 1-3 are SamPredictor's);
+        `model`: the served model's id (unset: the default)."""
+        served = resolve_model(self.settings.served_models, model, None).id
+        return await self.decoder_files.response(request, served, multimask=multimask)
+
+    @api.get(MODELS_ROUTE, response_model=ServedModelsResponse, responses=ERROR_RESPONSES)
+    async def served_models(self) -> ServedModelsResponse:
+        """The served models: id, architecture, checkpoint sha256, the id in cache keys once a decoder resolved
+        it, and how many encoder and decoder replicas hold each loaded (null without a shared cache)."""
+        return await self.models.listing()
 
     @api.get("/", include_in_schema=False)
     async def root(self, request: Request) -> Response:
@@ -357,7 +349,7 @@ class SamIngress:
         """Readiness: the model is resolved and the cache answers."""
         checks: dict[str, Any] = {}
         try:
-            checks["model_id"] = await self.model_id()
+            checks["model_id"] = await self.models.model_id(self.models.default)
         except Exception as exc:  # noqa: BLE001 - any failure to reach a decoder means not ready
             checks["model_id"] = None
             checks["model_error"] = type(exc).__name__

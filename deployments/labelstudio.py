@@ -80,7 +80,8 @@ class LabelStudioBackend:
         self._refresh_lock = asyncio.Lock()
 
     async def model_version(self) -> str:
-        return f"sam-serve-{await self.ingress.model_id()}"
+        models = self.ingress.models
+        return f"sam-serve-{await models.model_id(models.default)}"
 
     def remember_setup(self, setup: SetupRequest) -> None:
         """The token `/setup` sends is used only for the configured host (a request can never add one)."""

@@ -5,13 +5,12 @@ request of it, across ingress replicas (`sam_core.single_flight`)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
+from deployments.models import ServedModels
 from deployments.off_loop import off_loop
 from sam_core.cache import EmbeddingCache
 from sam_core.embedding import EncoderInput, ImageEmbedding
@@ -24,17 +23,10 @@ from sam_core.wire.images import EncodedImage, encoder_input, read_image
 class NewImages:
     """The ingress's image steps, shared by its routes (segment, embed, segment everything)."""
 
-    def __init__(
-        self,
-        encoder: DeploymentHandle,
-        cache: EmbeddingCache,
-        settings: Settings,
-        model_id: Callable[[], Awaitable[str]],
-    ) -> None:
-        self.encoder = encoder
+    def __init__(self, models: ServedModels, cache: EmbeddingCache, settings: Settings) -> None:
+        self.models = models
         self.cache = cache
         self.settings = settings
-        self.model_id = model_id
         self.flights = SingleFlight(cache, lock_ttl_s=settings.embed_lock_ttl_s, wait_s=settings.embed_wait_s)
 
     async def read(self, request: Any) -> EncodedImage:
@@ -45,14 +37,14 @@ class NewImages:
         image = request.image
         return await off_loop(read_image, image.type, image.value, self.settings.images, field="image", pool="image")
 
-    async def warm(self, request: Any) -> tuple[str, bool]:
-        """The image's cache key (its `image_id`, else the hash of its bytes) and whether its embedding was cached
-        (from the entry's header alone); when it was not, one encoder run of it puts it there."""
+    async def warm(self, model: str, request: Any) -> tuple[str, bool]:
+        """The image's cache key (its `image_id`, else the hash of its bytes) and whether `model`'s embedding of
+        it was cached (from the entry's header alone); when it was not, one encoder run of it puts it there."""
         encoded = await self.read(request)
         key = request.image_id or encoded.content_id
-        if await self.cache.has_embedding(await self.model_id(), key, encoded.content_id):
+        if await self.cache.has_embedding(await self.models.model_id(model), key, encoded.content_id):
             return key, True
-        await self.embed_once(key, encoded, {}, inline=False)
+        await self.embed_once(model, key, encoded, {}, inline=False)
         return key, False
 
     async def encoder_input(self, encoded: EncodedImage) -> EncoderInput:
@@ -60,19 +52,19 @@ class NewImages:
         for an image whose embedding is not cached."""
         return await off_loop(encoder_input, encoded, self.settings.images, pool="image")
 
-    async def encode(self, image: EncoderInput, cache_key: str) -> ImageEmbedding:
+    async def encode(self, model: str, image: EncoderInput, cache_key: str) -> ImageEmbedding:
         try:
-            embedding: ImageEmbedding = await self.encoder.embed.remote(image, cache_key)
+            embedding: ImageEmbedding = await self.models.encoder(model).embed.remote(image, cache_key)
         except BackPressureError as exc:
             raise Overloaded("the encoder is at capacity: retry shortly") from exc
         if not self.cache.shared:
             # Without Redis every process has its own cache: the ingress keeps the embeddings and sends them
             # inline, so follow-ups work whichever decoder replica answers.
-            await self.cache.put_embedding(await self.model_id(), cache_key, embedding)
+            await self.cache.put_embedding(await self.models.model_id(model), cache_key, embedding)
         return embedding
 
     async def embed_once(
-        self, key: str, encoded: EncodedImage, stages: dict[str, float], *, inline: bool
+        self, model: str, key: str, encoded: EncodedImage, stages: dict[str, float], *, inline: bool
     ) -> tuple[ImageEmbedding | None, str]:
         """The image's embedding from the one encoder run of it that concurrent requests share, across
         ingress replicas (`sam_core.single_flight`), and where it came from (`encoder` or `cache`).
@@ -80,14 +72,14 @@ class NewImages:
         None when another replica's run put it in the shared cache and `inline` is False (the decoder reads it
         there). `stages` gets this request's image and encoder times, or the time it waited for another run.
         """
-        model_id = await self.model_id()
+        model_id = await self.models.model_id(model)
 
         async def embed() -> ImageEmbedding:
             loading = time.perf_counter()
             image = await self.encoder_input(encoded)
             encoding = time.perf_counter()
             stages["image_s"] = encoding - loading
-            embedding = await self.encode(image, key)
+            embedding = await self.encode(model, image, key)
             stages["encoder_s"] = time.perf_counter() - encoding
             return embedding
 
@@ -104,13 +96,13 @@ class NewImages:
                 embedding = await embed()
         return embedding, source
 
-    async def probably_cached(self, cache_key: str) -> bool:
+    async def probably_cached(self, model: str, cache_key: str) -> bool:
         """Whether the shared cache holds this image's embedding (its header only); False when it cannot say.
 
         Only a hint: an entry evicted after this check is a CacheMiss from the decoder, handled as before. With
         the cache down, the image in hand is the way that works, so it goes to the encoder.
         """
         try:
-            return await self.cache.has_embedding(await self.model_id(), cache_key)
+            return await self.cache.has_embedding(await self.models.model_id(model), cache_key)
         except CacheUnavailable:
             return False

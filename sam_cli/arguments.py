@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,6 +52,17 @@ def setting_flags(args: argparse.Namespace) -> dict[str, Any]:
 def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from the flags given, the `SAM_*` environment under them (pydantic-settings' own order)."""
     return Settings(**setting_flags(args))
+
+
+def models_json(text: str) -> list[Any]:
+    """`--models`: a JSON list of model entries (validated as the `models` setting afterwards)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError("a JSON list of {id, model_type, checkpoint...} objects")
+    return value
 
 
 def parse_point(text: str) -> tuple[float, float, int]:

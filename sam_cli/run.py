@@ -14,7 +14,15 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sam_cli.arguments import add_model_options, non_negative_float, positive_float, positive_int, setting_flags
+from sam_cli.arguments import (
+    add_model_options,
+    add_setting_flags,
+    models_json,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    setting_flags,
+)
 from sam_cli.local_redis import LocalRedis, redis_answers
 from sam_core.errors import ConfigurationError
 from sam_core.settings import Settings
@@ -90,6 +98,10 @@ def _prepare_checkpoint(settings: Settings, random_weights: bool) -> Settings:
 
     model_type = settings.model_type
     official = architecture(model_type).official
+    if settings.models:
+        if random_weights:
+            raise ConfigurationError("--random-weights serves one model: it and --models exclude each other")
+        return settings
     if random_weights:
         if settings.checkpoint:
             raise ConfigurationError(
@@ -221,7 +233,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         encoder_options, decoder_options = _deployment_options(args)
         serve.start(http_options={"host": args.host, "port": args.port})
-        print(f"sam-serve: deploying {settings.model_type} (first start exports the ONNX decoders)", file=sys.stderr)
+        served = ", ".join(spec.id for spec in settings.served_models)
+        print(f"sam-serve: deploying {served} (first start exports the ONNX decoders)", file=sys.stderr)
         serve.run(
             compose(settings, encoder_options=encoder_options, decoder_options=decoder_options),
             name=APP_NAME,
@@ -244,6 +257,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def add_run_options(run: argparse.ArgumentParser) -> None:
     add_model_options(run)
+    run.add_argument(
+        "--models",
+        type=models_json,
+        help='several models as JSON, the first the default: \'[{"id": "vit_b", "model_type": "vit_b"}, ...]\' '
+        "(each id, model_type, and checkpoint or checkpoint_url + checkpoint_sha256; env SAM_MODELS)",
+    )
+    add_setting_flags(run, "max_models_per_replica")
     run.add_argument(
         "--random-weights",
         action="store_true",

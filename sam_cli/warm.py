@@ -200,7 +200,9 @@ def add_warm_options(parser: argparse.ArgumentParser) -> None:
         "--address", default=None, help="the Ray cluster the app runs on (default: RAY_ADDRESS, else the local one)"
     )
     parser.add_argument("--app", default="sam", help="the Serve application's name (default sam)")
-    parser.add_argument("--model", default=None, help="the model to warm for (the app's model type; default its own)")
+    parser.add_argument(
+        "--model", default=None, help="the served model to warm for (its id, or a type it serves; default: the default)"
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="actors reading and sending images (default 2)")
     parser.add_argument("--batch-size", type=int, default=4, help="images an actor sends at once (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

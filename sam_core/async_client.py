@@ -21,19 +21,23 @@ from sam_core.wire.calls import (
     json_object,
     parse_embed_response,
     parse_everything_response,
+    parse_models,
     parse_prompts_response,
     parse_readiness,
     parse_segment_response,
     prompts_request_body,
     segment_request_body,
+    with_model,
 )
 from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingResponse
 from sam_core.wire.schemas import (
     EMBED_ROUTE,
+    MODELS_ROUTE,
     SEGMENT_ROUTE,
     EmbedImageResponse,
     SegmentImageResponse,
     SegmentPromptsResponse,
+    ServedModelInfo,
 )
 
 
@@ -43,8 +47,16 @@ class AsyncSamClient:
     Image files are read and PNG-encoded in a worker thread so the event loop keeps running meanwhile.
     """
 
-    def __init__(self, base_url: str, *, timeout: float | None = DEFAULT_TIMEOUT_S, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        api_key: str | None = None,
+        model: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.model = model
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=client_headers(api_key))
 
     async def aclose(self) -> None:
@@ -71,7 +83,7 @@ class AsyncSamClient:
     ) -> EmbedImageResponse | np.ndarray:
         """See `SamClient.embed_image`."""
         body = await asyncio.to_thread(embed_request_body, image, image_id=image_id, format=format)
-        return parse_embed_response(await self._http.post(EMBED_ROUTE, json=body), format)
+        return parse_embed_response(await self._http.post(EMBED_ROUTE, json=with_model(body, self.model)), format)
 
     @overload
     async def segment_image(
@@ -145,14 +157,14 @@ class AsyncSamClient:
             body = segment_request_body(**fields)
         else:
             body = await asyncio.to_thread(lambda: segment_request_body(**fields))
-        return parse_segment_response(await self._http.post(SEGMENT_ROUTE, json=body), format)
+        return parse_segment_response(await self._http.post(SEGMENT_ROUTE, json=with_model(body, self.model)), format)
 
     async def segment_prompts(
         self, prompts: Sequence[Mapping[str, Any]], *, format: str = "json", **image: Any
     ) -> SegmentPromptsResponse | SegmentArrays:
         """See `SamClient.segment_prompts`."""
         body = await asyncio.to_thread(lambda: prompts_request_body(prompts, format=format, **image))
-        return parse_prompts_response(await self._http.post(SEGMENT_ROUTE, json=body), format)
+        return parse_prompts_response(await self._http.post(SEGMENT_ROUTE, json=with_model(body, self.model)), format)
 
     async def segment_everything(
         self, image: ImageLike | None = None, *, image_id: str | None = None, format: str = "rle", **options: Any
@@ -161,7 +173,11 @@ class AsyncSamClient:
         body = await asyncio.to_thread(
             lambda: everything_request_body(image, image_id=image_id, format=format, **options)
         )
-        return parse_everything_response(await self._http.post(EVERYTHING_ROUTE, json=body))
+        return parse_everything_response(await self._http.post(EVERYTHING_ROUTE, json=with_model(body, self.model)))
+
+    async def models(self) -> list[ServedModelInfo]:
+        """GET /sam/models: the served models (id, model_type, default, checkpoint_sha256, model_id, loaded)."""
+        return parse_models(await self._http.get(MODELS_ROUTE))
 
     async def healthz(self) -> dict[str, Any]:
         """See `SamClient.healthz`."""

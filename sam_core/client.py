@@ -42,20 +42,24 @@ from sam_core.wire.calls import (
     json_object,
     parse_embed_response,
     parse_everything_response,
+    parse_models,
     parse_prompts_response,
     parse_readiness,
     parse_segment_response,
     prompts_request_body,
     raise_for_error,
     segment_request_body,
+    with_model,
 )
 from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingResponse
 from sam_core.wire.schemas import (
     EMBED_ROUTE,
+    MODELS_ROUTE,
     SEGMENT_ROUTE,
     EmbedImageResponse,
     SegmentImageResponse,
     SegmentPromptsResponse,
+    ServedModelInfo,
 )
 
 # ---- the clients ---------------------------------------------------------------------------------------
@@ -68,13 +72,22 @@ class SamClient:
         base_url: the service root, e.g. "http://127.0.0.1:8000" (a route prefix may follow).
         timeout: seconds per request (None: no limit); the first request for an image runs the encoder.
         api_key: sent as `Authorization: Bearer <api_key>` when the service requires a token.
+        model: the served model every call names (`models()` lists them); None: the service's default.
 
     Errors: `SamClientError` for any non-2xx answer; `httpx.HTTPError` subclasses when the service cannot be
     reached; `pydantic.ValidationError` (or ValueError/TypeError) for a request refused before sending.
     """
 
-    def __init__(self, base_url: str, *, timeout: float | None = DEFAULT_TIMEOUT_S, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        api_key: str | None = None,
+        model: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.model = model
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=client_headers(api_key))
 
     def close(self) -> None:
@@ -109,7 +122,7 @@ class SamClient:
             binary: the float32 (1, 256, 64, 64) embedding, usable as `segment_image(embeddings=...)`.
         """
         body = embed_request_body(image, image_id=image_id, format=format)
-        return parse_embed_response(self._http.post(EMBED_ROUTE, json=body), format)
+        return parse_embed_response(self._http.post(EMBED_ROUTE, json=with_model(body, self.model)), format)
 
     @overload
     def segment_image(
@@ -199,7 +212,7 @@ class SamClient:
             orig_im_size=orig_im_size,
             format=format,
         )
-        return parse_segment_response(self._http.post(SEGMENT_ROUTE, json=body), format)
+        return parse_segment_response(self._http.post(SEGMENT_ROUTE, json=with_model(body, self.model)), format)
 
     def segment_prompts(
         self, prompts: Sequence[Mapping[str, Any]], *, format: str = "json", **image: Any
@@ -218,7 +231,7 @@ class SamClient:
             masks (P, M, H, W), low_res_masks (P, M, 256, 256) and scores (P, M).
         """
         body = prompts_request_body(prompts, format=format, **image)
-        return parse_prompts_response(self._http.post(SEGMENT_ROUTE, json=body), format)
+        return parse_prompts_response(self._http.post(SEGMENT_ROUTE, json=with_model(body, self.model)), format)
 
     def segment_everything(
         self, image: ImageLike | None = None, *, image_id: str | None = None, format: str = "rle", **options: Any
@@ -228,7 +241,11 @@ class SamClient:
         its defaults when not given); `format`: rle (COCO), json (polygons) or png. Closing the client (or its
         timeout) mid-run stops the run on the server."""
         body = everything_request_body(image, image_id=image_id, format=format, **options)
-        return parse_everything_response(self._http.post(EVERYTHING_ROUTE, json=body))
+        return parse_everything_response(self._http.post(EVERYTHING_ROUTE, json=with_model(body, self.model)))
+
+    def models(self) -> list[ServedModelInfo]:
+        """GET /sam/models: the served models (id, model_type, default, checkpoint_sha256, model_id, loaded)."""
+        return parse_models(self._http.get(MODELS_ROUTE))
 
     def healthz(self) -> dict[str, Any]:
         """GET /healthz: `{"status": "ok"}` while the ingress answers."""

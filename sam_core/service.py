@@ -53,6 +53,15 @@ def cache_from_settings(settings: Settings) -> EmbeddingCache:
     )
 
 
+def decoder_cache(settings: Settings) -> EmbeddingCache:
+    """A decoder's cache (its models share one): the shared one with local decoded copies in front
+    (`decoder_local_cache_bytes`)."""
+    cache = cache_from_settings(settings)
+    if cache.shared and settings.decoder_local_cache_bytes:
+        cache = LocallyCopiedCache(cache, settings.decoder_local_cache_bytes)
+    return cache
+
+
 def load_configured_model(settings: Settings, *, device: str | None = None) -> LoadedModel:
     """The configured checkpoint, verified and loaded (downloaded first when needed) on `device`."""
     return load_model(
@@ -114,10 +123,12 @@ class EncoderService:
         self.device = device
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> EncoderService:
+    def from_settings(
+        cls, settings: Settings, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, cache: EmbeddingCache | None = None
+    ) -> EncoderService:
         model = load_configured_model(settings)
         encoder = configured_encoder(model, settings, max_batch_size=max_batch_size)
-        return cls(encoder, model.identity, cache_from_settings(settings), device=str(model.device))
+        return cls(encoder, model.identity, cache or cache_from_settings(settings), device=str(model.device))
 
     def embed_batch(self, images: Sequence[np.ndarray | EncoderInput]) -> list[ImageEmbedding]:
         """Embed (H, W, 3) uint8 RGB images (or `EncoderInput`s) in one forward pass (CPU/GPU bound: call from a
@@ -195,12 +206,9 @@ class DecoderService:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, threads: int) -> DecoderService:
+    def from_settings(cls, settings: Settings, *, threads: int, cache: EmbeddingCache | None = None) -> DecoderService:
         decoder, identity = open_decoder(settings, threads=threads)
-        cache = cache_from_settings(settings)
-        if cache.shared and settings.decoder_local_cache_bytes:
-            cache = LocallyCopiedCache(cache, settings.decoder_local_cache_bytes)
-        return cls(decoder, identity, cache, limits=settings.images)
+        return cls(decoder, identity, cache or decoder_cache(settings), limits=settings.images)
 
     async def load_inputs(self, job: SegmentJob) -> tuple[ImageEmbedding, np.ndarray | None]:
         """The job's embedding and the mask input to use (None: no mask input).

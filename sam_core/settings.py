@@ -6,11 +6,12 @@ CLI both construct `Settings` and pass it (or the parts they need) down.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -45,6 +46,29 @@ class ImageLimits(BaseSettings):
     )
 
 
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""A served model's id: what requests name in `model`, Serve's multiplexed model id, a label in metrics."""
+
+
+class ModelSpec(BaseModel):
+    """One served model: an official type, or a custom SAM1-architecture checkpoint (by path, or by URL + sha256)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=MODEL_ID_PATTERN, description="short id requests name in `model`, e.g. vit_b, medsam")
+    model_type: str = Field(description="architecture: vit_h, vit_l, vit_b or vit_tiny")
+    checkpoint: str | None = Field(default=None, description="local checkpoint path")
+    checkpoint_url: str | None = Field(default=None, description="download from this URL (verified by sha256)")
+    checkpoint_sha256: str | None = Field(default=None, description="expected sha256 of the checkpoint")
+
+    @field_validator("checkpoint_sha256")
+    @classmethod
+    def _sha256_is_hex(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("must be 64 hex digits (a sha256)")
+        return value.lower() if value else value
+
+
 class Settings(BaseSettings):
     """Service configuration. Field `x` is overridden by the environment variable `SAM_X`."""
 
@@ -62,6 +86,17 @@ class Settings(BaseSettings):
     )
     checkpoint_sha256: str | None = Field(
         default=None, description="expected sha256 of the checkpoint; overrides the registry's value"
+    )
+    models: tuple[ModelSpec, ...] = Field(
+        default=(),
+        description="several served models (env SAM_MODELS as JSON), the first the default; unset: the one model "
+        "of model_type/checkpoint*, whose id is its model_type",
+    )
+    max_models_per_replica: int = Field(
+        default=2,
+        ge=1,
+        description="models an encoder or decoder replica keeps loaded at once (Serve's multiplexing, least "
+        "recently used unloaded first)",
     )
     cache_dir: Path = Field(
         default_factory=default_cache_dir, description="where checkpoints and exported decoders are kept"
@@ -152,6 +187,41 @@ class Settings(BaseSettings):
         variant whose sources run the other way round (`settings_customise_sources`, nested limits too).
         """
         return _EnvFirstSettings(**args)
+
+    @property
+    def served_models(self) -> tuple[ModelSpec, ...]:
+        """The models served, the default first."""
+        if self.models:
+            return self.models
+        only = ModelSpec(
+            id=self.model_type,
+            model_type=self.model_type,
+            checkpoint=self.checkpoint,
+            checkpoint_url=self.checkpoint_url,
+            checkpoint_sha256=self.checkpoint_sha256,
+        )
+        return (only,)
+
+    @property
+    def default_model(self) -> str:
+        """The id of the model a request that names none gets."""
+        return self.served_models[0].id
+
+    def for_model(self, model: str) -> Settings:
+        """These settings with `model`'s architecture and checkpoint as the one model (what a service loads)."""
+        spec = next((s for s in self.served_models if s.id == model), None)
+        if spec is None:
+            raise KeyError(model)
+        fields = spec.model_dump(exclude={"id"})
+        return self.model_copy(update={**fields, "models": ()})
+
+    @model_validator(mode="after")
+    def _model_ids_unique(self) -> Settings:
+        ids = [spec.id for spec in self.models]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"models: each id once, {', '.join(repeated)} repeated")
+        return self
 
     @field_validator("labelstudio_url")
     @classmethod

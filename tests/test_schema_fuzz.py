@@ -38,6 +38,7 @@ OPERATIONS = [
     "GET /labelstudio/versions",
     "GET /readyz",
     "GET /sam/decoder.onnx",
+    "GET /sam/models",
     "POST /labelstudio/predict",
     "POST /labelstudio/setup",
     "POST /labelstudio/train",

@@ -134,6 +134,16 @@ class EmbeddingCache(abc.ABC):
         """Free the run lock if `owner` still holds it (never another holder's)."""
         return
 
+    async def announce_models(self, app: str, role: str, replica: str, models: Sequence[str], ttl_s: float) -> None:
+        """Record which models a replica of application `app` holds loaded, for `ttl_s` (it announces again
+        before then; an empty `models` clears its record); a backend other processes cannot read keeps nothing."""
+        return
+
+    async def loaded_models(self, app: str) -> dict[str, dict[str, int]] | None:
+        """Replicas of `app` holding each model loaded, by role: {model: {role: count}}; None when no other
+        process's announcements can be read here (the in-memory cache)."""
+        return None
+
     @abc.abstractmethod
     async def ping(self) -> bool:
         """True when the backend answers now; never raises."""

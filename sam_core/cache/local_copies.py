@@ -99,6 +99,12 @@ class LocallyCopiedCache(EmbeddingCache):
             self.copies.put(key, tag, embedding)
         return embedding, logits
 
+    async def announce_models(self, app: str, role: str, replica: str, models: Sequence[str], ttl_s: float) -> None:
+        await self.inner.announce_models(app, role, replica, models, ttl_s)
+
+    async def loaded_models(self, app: str) -> dict[str, dict[str, int]] | None:
+        return await self.inner.loaded_models(app)
+
     async def ping(self) -> bool:
         return await self.inner.ping()
 

@@ -10,6 +10,8 @@ stay strings.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -38,6 +40,12 @@ _MAX_FIELDS = 16
 """Fields a chunked read asks for: the header and up to 15 chunks (an embedding has 5; absent ones are nil)."""
 
 _FIELDS = [str(i) for i in range(_MAX_FIELDS)]
+
+
+def _replica_models_prefix(app: str) -> str:
+    """`sam:replica-models:{sha256(app)[:16]}:` + `{role}:{replica id}`: the JSON list of the models a replica of
+    the Serve application `app` holds loaded, with a TTL (apps sharing one Redis count their own replicas)."""
+    return f"sam:replica-models:{hashlib.sha256(app.encode()).hexdigest()[:16]}:"
 
 
 def _chunked(key: str) -> bool:
@@ -227,6 +235,32 @@ class RedisEmbeddingCache(EmbeddingCache):
     async def release_embedding_run(self, model_id: str, image_id: str, owner: str) -> None:
         key = flight_key(model_id, image_id)
         await self._call("release", lambda client: client.eval(_RELEASE_SCRIPT, 1, key, owner))
+
+    async def announce_models(self, app: str, role: str, replica: str, models: Sequence[str], ttl_s: float) -> None:
+        key, ttl_ms = f"{_replica_models_prefix(app)}{role}:{replica}", max(1, round(ttl_s * 1000))
+        if not models:
+            await self._call("announce", lambda client: client.delete(key))
+            return
+        value = json.dumps(sorted(models))
+        await self._call("announce", lambda client: client.set(key, value, px=ttl_ms))
+
+    async def loaded_models(self, app: str) -> dict[str, dict[str, int]] | None:
+        prefix = _replica_models_prefix(app)
+
+        async def read(client: redis_asyncio.Redis) -> dict[str, dict[str, int]]:
+            keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+            values = await client.mget(keys) if keys else []
+            counts: dict[str, dict[str, int]] = {}
+            for key, value in zip(keys, values, strict=True):
+                if value is None:  # expired between the scan and the read
+                    continue
+                role = key.decode().removeprefix(prefix).split(":", 1)[0]
+                for model in json.loads(value):
+                    by_role = counts.setdefault(str(model), {})
+                    by_role[role] = by_role.get(role, 0) + 1
+            return counts
+
+        return await self._call("loaded", read)
 
     async def ping(self) -> bool:
         try:

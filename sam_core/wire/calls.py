@@ -28,6 +28,8 @@ from sam_core.wire.schemas import (
     SegmentImageRequest,
     SegmentImageResponse,
     SegmentPromptsResponse,
+    ServedModelInfo,
+    ServedModelsResponse,
 )
 
 if TYPE_CHECKING:
@@ -144,6 +146,20 @@ def image_payload(image: ImageLike) -> ImagePayload:
     else:
         raise TypeError(f"not an image: {type(image).__name__} (use a path, bytes, a PIL image or a uint8 array)")
     return ImagePayload(type="base64", value=base64.b64encode(data).decode("ascii"))
+
+
+def with_model(body: dict[str, Any], model: str | None) -> dict[str, Any]:
+    """The body naming the client's served model (`model`; None: the service's default)."""
+    return body if model is None else {**body, "model": model}
+
+
+def parse_models(response: httpx.Response) -> list[ServedModelInfo]:
+    """GET /sam/models's answer: every served model (id, architecture, sha256, replicas holding it)."""
+    raise_for_error(response)
+    try:
+        return ServedModelsResponse.model_validate_json(response.content).models
+    except ValueError as exc:
+        raise _invalid_response(response, exc) from exc
 
 
 def embed_request_body(image: ImageLike | None, *, image_id: str | None, format: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from sam_core.embedding import ImageEmbedding
 EMBED_ROUTE = "/sam/embed_image"
 SEGMENT_ROUTE = "/sam/segment_image"
 DECODER_FILE_ROUTE = "/sam/decoder.onnx"
+MODELS_ROUTE = "/sam/models"
 """The seed's two routes: the ingress serves them, the client calls them."""
 
 MAX_IMAGE_ID_LENGTH = 256
@@ -56,8 +57,11 @@ class _SeedFields(BaseModel):
     source_info: str | None = Field(default=None, description="ignored (seed bookkeeping)")
     disable_model_monitoring: bool | None = Field(default=None, description="ignored (seed bookkeeping)")
     model_id: str | None = Field(default=None, description="ignored (seed bookkeeping)")
+    model: str | None = Field(
+        default=None, description="the served model's id (GET /sam/models); unset: the default model"
+    )
     sam_version_id: str | None = Field(
-        default=None, description="model type to use; must be the one this service serves (or unset)"
+        default=None, description="the seed's model choice: a served model's id or type (unset: the default)"
     )
     image: ImagePayload | None = Field(default=None, description="the image (not needed when cached)")
     image_id: str | None = Field(
@@ -161,6 +165,25 @@ class SegmentImageRequest(_SeedFields):
         "(1, 256, 256) (with prompts: masks (P, M, H, W), low_res_masks (P, M, 256, 256), scores (P, M)); "
         "rle: COCO RLE; png: base64 1-bit PNGs",
     )
+
+
+class ServedModelInfo(BaseModel):
+    """One served model, as `GET /sam/models` lists it."""
+
+    id: str = Field(description="what a request names in `model`")
+    model_type: str = Field(description="architecture (vit_h, vit_l, vit_b, vit_tiny)")
+    default: bool = Field(description="what a request that names no model gets")
+    checkpoint_sha256: str | None = Field(
+        description="the checkpoint's sha256: resolved by a decoder, else the configured or official value, else null"
+    )
+    model_id: str | None = Field(description="the weights' identity in cache keys (type + sha256 prefix), once known")
+    loaded: dict[str, int] | None = Field(
+        description="replicas holding it loaded, by deployment (encoder, decoder); null without a shared cache"
+    )
+
+
+class ServedModelsResponse(BaseModel):
+    models: list[ServedModelInfo]
 
 
 class ErrorResponse(BaseModel):
