@@ -28,7 +28,7 @@ _ERROR_STATUSES = {
     415: "image format not accepted",
     422: "a field has the wrong type or value",
     500: "internal error (logged on the server)",
-    503: "cache unavailable for an id-only request, a replica failed, or at capacity: retry",
+    503: "cache unavailable for an id-only request, a replica failed, a model could not be loaded, or at capacity",
 }
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

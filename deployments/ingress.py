@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import orjson
-from fastapi import Request
+from fastapi import Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from ray import serve
@@ -32,7 +32,7 @@ from deployments.ui import UI_PREFIX, VENDOR_PREFIX, UiFiles, embedding_headers,
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded
 from sam_core.served_models import resolve_model
 from sam_core.service import cache_from_settings
-from sam_core.settings import Settings
+from sam_core.settings import MODEL_ID_PATTERN, Settings
 from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingRequest, SegmentEverythingResponse
 from sam_core.wire.images import EncodedImage
 from sam_core.wire.jobs import client_embedding, explicit_mask_input, prompt_mask_inputs, segment_job
@@ -306,7 +306,9 @@ class SamIngress:
             404: ERROR_RESPONSES[404],
         },
     )
-    async def decoder_file(self, request: Request, multimask: bool = False, model: str | None = None) -> Response:
+    async def decoder_file(
+        self, request: Request, multimask: bool = False, model: str | None = Query(None, pattern=MODEL_ID_PATTERN)
+    ) -> Response:
         """A served model's decoder graph (ONNX), to decode clicks in the client on embeddings from
         `/sam/embed_image` (binary); `multimask`: the three-mask graph (its masks 1-3 are SamPredictor's);
         `model`: the served model's id (unset: the default)."""

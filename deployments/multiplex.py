@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 from ray import serve
 
 from sam_core.cache import EmbeddingCache
-from sam_core.errors import UnknownModel
+from sam_core.errors import ModelUnavailable, SamServeError, UnknownModel, describe, error_reason
 from sam_core.settings import Settings
 
 log = logging.getLogger("ray.serve")
@@ -65,7 +65,13 @@ class ReplicaModels(Generic[T]):
                 except KeyError:
                     raise UnknownModel(f"no served model {model!r}", field="model") from None
                 log.info("%s loading model %s", role, model)
-                service = await asyncio.to_thread(build, model_settings)
+                try:
+                    service = await asyncio.to_thread(build, model_settings)
+                except Exception as exc:  # noqa: BLE001 - any failure to load is this model's, not the replica's
+                    log.warning("%s could not load model %s: %s", role, model, describe(exc))
+                    detail = error_reason(exc) if isinstance(exc, SamServeError) else describe(exc)
+                    reason = f"model {model!r} could not be loaded: {detail}"
+                    raise ModelUnavailable(reason, field="model") from None
             self.services[model] = service
             await self._announce()
             return _Held(model, service, self._unloaded)

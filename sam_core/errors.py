@@ -104,6 +104,13 @@ class Overloaded(SamServeError):
     http_status = 503
 
 
+class ModelUnavailable(SamServeError):
+    """A served model that a replica could not load (its checkpoint missing, corrupt or not downloadable): the
+    other models keep serving, and the next request for it tries again."""
+
+    http_status = 503
+
+
 class CheckpointError(SamServeError):
     """A checkpoint is missing, fails its checksum, or does not fit the model type."""
 

@@ -73,9 +73,14 @@ def _served_models(
 
 
 def _app(
-    name: str, serve_app: ServeApp, tmp_path_factory: pytest.TempPathFactory, per_replica: int
+    name: str,
+    serve_app: ServeApp,
+    tmp_path_factory: pytest.TempPathFactory,
+    per_replica: int,
+    extra: tuple[ModelSpec, ...] = (),
 ) -> Iterator[TwoModels]:
     specs, loaded = _served_models(serve_app, tmp_path_factory)
+    specs += extra
     settings = serve_app.settings.model_copy(
         update={
             "models": tuple(specs),
@@ -89,8 +94,9 @@ def _app(
 
 @pytest.fixture(scope="module")
 def two(serve_app: ServeApp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoModels]:
-    """Both models served, both kept loaded on each replica."""
-    yield from _app("two-models", serve_app, tmp_path_factory, per_replica=2)
+    """Both models served, both kept loaded on each replica; and a third whose checkpoint is not there."""
+    broken = ModelSpec(id="broken", model_type="vit_tiny", checkpoint="/nonexistent/broken.pth")
+    yield from _app("two-models", serve_app, tmp_path_factory, per_replica=2, extra=(broken,))
 
 
 def _predictor(model: LoadedModel, pixels: np.ndarray) -> SamPredictor:
@@ -167,9 +173,12 @@ def test_models_route_lists_both_with_their_sha256_and_loaded_replicas(two: TwoM
             two.http, {"image": image_payload(pixels), "model": model, "point_coords": [[5, 5]], "point_labels": [1]}
         )
     listed = {info["id"]: info for info in two.http.get("/sam/models").json()["models"]}
-    assert list(listed) == ["tiny-a", "tiny-b"]
+    assert list(listed) == ["tiny-a", "tiny-b", "broken"]
     assert listed["tiny-a"]["default"]
     assert not listed["tiny-b"]["default"]
+    broken = listed.pop("broken")
+    assert (broken["checkpoint_sha256"], broken["model_id"]) == (None, None)
+    assert broken["loaded"] == {"encoder": 0, "decoder": 0}
     for model, info in listed.items():
         identity = two.models[model].identity
         assert info["model_type"] == "vit_tiny"
@@ -179,7 +188,7 @@ def test_models_route_lists_both_with_their_sha256_and_loaded_replicas(two: TwoM
         assert info["loaded"]["decoder"] >= 1, info
     assert listed["tiny-a"]["model_id"] != listed["tiny-b"]["model_id"]
     with SamClient(two.url) as client:
-        assert [info.id for info in client.models()] == ["tiny-a", "tiny-b"]
+        assert [info.id for info in client.models()] == ["tiny-a", "tiny-b", "broken"]
 
 
 def test_each_model_embeds_and_answers_as_its_own_predictor(two: TwoModels) -> None:
@@ -222,7 +231,7 @@ def test_one_models_embedding_never_reaches_the_others_decoder(two: TwoModels) -
 def test_unknown_model_is_404_naming_what_is_served(two: TwoModels) -> None:
     for route in ("/sam/segment_image", "/sam/embed_image", "/sam/segment_everything"):
         body = assert_error(two.http.post(route, json={"image_id": "x", "model": "vit_h"}), 404, "model")
-        assert "'tiny-a', 'tiny-b'" in body["reason"], body
+        assert "'tiny-a', 'tiny-b', 'broken'" in body["reason"], body
     body = assert_error(two.http.post("/sam/embed_image", json={"image_id": "x", "sam_version_id": "vit_h"}), 404,
                         "sam_version_id")  # fmt: skip
     assert body["error"] == "UnknownModel"
@@ -348,3 +357,21 @@ def test_warm_names_the_model_and_fills_only_its_cache(two: TwoModels, tmp_path:
     unknown = warm([str(paths[0])], app_name="two-models", model="nope", concurrency=1, progress=False)
     assert unknown.embedded == 0
     assert unknown.failed[0][1].startswith("UnknownModel"), unknown.failed
+
+
+def test_a_model_that_cannot_load_is_503_naming_it_and_the_others_keep_serving(two: TwoModels) -> None:
+    pixels = random_image(np.random.default_rng())
+    click = {"image": image_payload(pixels), "point_coords": [[20, 20]], "point_labels": [1]}
+    for _ in range(2):  # the next request tries again, and fails the same way
+        body = assert_error(two.http.post("/sam/segment_image", json={**click, "model": "broken"}), 503, "model")
+        assert body["error"] == "ModelUnavailable"
+        assert "'broken' could not be loaded" in body["reason"], body
+        assert "/nonexistent/broken.pth" in body["reason"], body
+        for model in ("tiny-a", "tiny-b"):
+            assert two.http.post("/sam/segment_image", json={**click, "model": model}).status_code == 200
+    assert two.http.get("/readyz").status_code == 200
+
+
+def test_model_field_must_look_like_an_id(two: TwoModels) -> None:
+    assert_error(two.http.post("/sam/segment_image", json={"image_id": "x", "model": "a b" * 40}), 422, "model")
+    assert_error(two.http.get("/sam/decoder.onnx", params={"model": "../x"}), 422, "model")

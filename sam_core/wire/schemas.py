@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from sam_core.embedding import ImageEmbedding
+from sam_core.settings import MODEL_ID_PATTERN
 
 EMBED_ROUTE = "/sam/embed_image"
 SEGMENT_ROUTE = "/sam/segment_image"
@@ -58,7 +59,9 @@ class _SeedFields(BaseModel):
     disable_model_monitoring: bool | None = Field(default=None, description="ignored (seed bookkeeping)")
     model_id: str | None = Field(default=None, description="ignored (seed bookkeeping)")
     model: str | None = Field(
-        default=None, description="the served model's id (GET /sam/models); unset: the default model"
+        default=None,
+        pattern=MODEL_ID_PATTERN,
+        description="the served model's id (GET /sam/models); unset: the default model",
     )
     sam_version_id: str | None = Field(
         default=None, description="the seed's model choice: a served model's id or type (unset: the default)"
