@@ -375,3 +375,19 @@ def test_a_model_that_cannot_load_is_503_naming_it_and_the_others_keep_serving(t
 def test_model_field_must_look_like_an_id(two: TwoModels) -> None:
     assert_error(two.http.post("/sam/segment_image", json={"image_id": "x", "model": "a b" * 40}), 422, "model")
     assert_error(two.http.get("/sam/decoder.onnx", params={"model": "../x"}), 422, "model")
+
+
+def test_segment_everything_runs_each_models_own_generator(two: TwoModels) -> None:
+    """With a crop layer, so the crops' encoder calls name the model too: each answer is its own model's
+    `SamAutomaticMaskGenerator`'s."""
+    from tests.conftest import rle_to_mask
+    from tests.test_everything import FEW_POINTS_AND_CROPS, assert_same_masks, body, png_base64, reference, scene
+
+    image = scene(5)
+    payload = {"type": "base64", "value": png_base64(image)}
+    for model in ("tiny-b", "tiny-a"):
+        expected = reference(two.models[model], image, FEW_POINTS_AND_CROPS)
+        answer = two.http.post("/sam/segment_everything", json=body(FEW_POINTS_AND_CROPS, image=payload, model=model))
+        assert answer.status_code == 200, answer.text
+        records = answer.json()["masks"]
+        assert_same_masks(expected, records, [rle_to_mask(record["segmentation"]) for record in records])
