@@ -391,3 +391,46 @@ def test_segment_everything_runs_each_models_own_generator(two: TwoModels) -> No
         assert answer.status_code == 200, answer.text
         records = answer.json()["masks"]
         assert_same_masks(expected, records, [rle_to_mask(record["segmentation"]) for record in records])
+
+
+def test_the_page_offers_the_models_and_decodes_with_the_chosen_one(
+    browser: object, two: TwoModels, tmp_path: Path
+) -> None:
+    """The labelling page lists the served models; a click decoded in the page on the chosen model's graph and
+    embedding draws that model's mask, and switching models re-embeds the image and redraws the object."""
+    from tests.conftest import rle_to_mask
+    from tests.test_page import MASK_IOU as PAGE_IOU
+    from tests.test_page import click, current_prompt, open_image, overlay_mask, write_image
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(two.url + "/")
+        page.evaluate("window.samPage.decoderReady")
+        assert page.is_visible("#model")
+        options = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
+        assert options == ["tiny-a", "tiny-b", "broken"]
+        assert page.input_value("#model") == "tiny-a"
+        page.select_option("#model", "tiny-b")
+        page.wait_for_function("window.samPage.state.decoder !== null")
+        assert page.evaluate("window.samPage.state.decoder.modelId") == two.models["tiny-b"].identity.model_id
+
+        path, _ = write_image(tmp_path, (240, 320))
+        open_image(page, path)
+        click(page, 150, 100)
+
+        def server_mask(model: str) -> np.ndarray:
+            response = two.http.post("/sam/segment_image", json={**current_prompt(page), "model": model})
+            assert response.status_code == 200, response.text
+            return rle_to_mask(response.json()["masks"][0])
+
+        assert iou(overlay_mask(page), server_mask("tiny-b")) >= PAGE_IOU
+        page.select_option("#model", "tiny-a")
+        page.wait_for_function("window.samPage.switchedTo === 'tiny-a'", timeout=60_000)
+        assert page.evaluate("window.samPage.state.decoder.modelId") == two.models["tiny-a"].identity.model_id
+        assert iou(overlay_mask(page), server_mask("tiny-a")) >= PAGE_IOU
+    finally:
+        context.close()
+    assert not errors, f"the page threw: {errors}"

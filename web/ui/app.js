@@ -26,6 +26,7 @@ const state = {
   embedding: null, // Float32Array (1, 256, 64, 64)
   objects: [], // {points: [{x, y, label}], box: [x0, y0, x1, y1] | null, history: [], mask, score, label}
   current: -1,
+  model: null, // the served model's id when the service lists several (null: its default)
   decoder: null, // ClientDecoder once loaded
   decoderError: null,
   busy: false,
@@ -72,10 +73,69 @@ async function apiFetch(path, body) {
   return response;
 }
 
+/** The served models (GET /sam/models): a choice on the page when there are several, the default selected. */
+async function loadModels() {
+  let models = [];
+  try {
+    const response = await fetch(new URL("../sam/models", BASE), { headers: authHeaders() });
+    if (response.ok) models = (await response.json()).models;
+  } catch {
+    // an older service, or none answering: the default model, and the embed will say what is wrong
+  }
+  if (models.length < 2) return;
+  $("model").replaceChildren(...models.map((m) => new Option(`${m.id} (${m.model_type})`, m.id, m.default, m.default)));
+  state.model = models.find((m) => m.default)?.id ?? models[0].id;
+  $("model-choice").hidden = false;
+}
+
+function modelField() {
+  return state.model ? { model: state.model } : {};
+}
+
+/** Another model: its decoder graph, the open image embedded by it, and every object decoded again. */
+async function switchModel() {
+  state.model = $("model").value;
+  state.decoder = null;
+  state.decoderError = null;
+  $("server-decode").disabled = false;
+  window.samPage.decoderReady = loadDecoder();
+  await window.samPage.decoderReady;
+  if (!state.image) return updateStatus();
+  const generation = ++state.generation;
+  let response;
+  try {
+    response = await embed(state.image.base64);
+  } catch (error) {
+    return showError(String(error.message));
+  }
+  const buffer = await response.arrayBuffer();
+  if (generation !== state.generation) return;
+  state.embedding = parseNpy(buffer).data;
+  const current = state.current;
+  state.busy = true; // a click meanwhile waits for this, and is decoded after it (decodeCurrent's pending)
+  try {
+    for (let index = 0; index < state.objects.length; index++) {
+      state.current = index;
+      await decodeOnce();
+    }
+  } finally {
+    state.current = current;
+    state.busy = false;
+  }
+  if (state.pending) await decodeCurrent();
+  drawMarkers();
+  updateStatus();
+  window.samPage.switchedTo = state.model; // the image embedded by the model and every object decoded again
+}
+
+function embed(base64) {
+  return apiFetch("../sam/embed_image", { image: { type: "base64", value: base64 }, format: "binary", ...modelField() });
+}
+
 async function loadDecoder() {
   const started = performance.now();
   try {
-    state.decoder = await ClientDecoder.load(BASE, authHeaders());
+    state.decoder = await ClientDecoder.load(BASE, authHeaders(), state.model);
     state.timings.decoderLoadMs = performance.now() - started;
   } catch (error) {
     state.decoderError = String(error.message || error);
@@ -128,7 +188,7 @@ async function openFile(file) {
   const base64 = await readBase64(file);
   let response;
   try {
-    response = await apiFetch("../sam/embed_image", { image: { type: "base64", value: base64 }, format: "binary" });
+    response = await embed(base64);
   } catch (error) {
     showError(String(error.message));
     status("Open an image to start.");
@@ -286,6 +346,7 @@ async function serverDecode(points, box) {
     point_coords: points.length ? points.map((p) => [p.x, p.y]) : [],
     point_labels: points.map((p) => p.label),
     format: "rle",
+    ...modelField(),
   };
   if (box) body.box = box;
   let response;
@@ -432,6 +493,7 @@ function wire() {
   $("token").value = sessionStorage.getItem("sam-serve-token") || "";
   $("file").addEventListener("change", (event) => event.target.files[0] && openFile(event.target.files[0]));
   $("server-decode").addEventListener("change", updateStatus);
+  $("model").addEventListener("change", switchModel);
   $("new-object").addEventListener("click", newObject);
   $("undo").addEventListener("click", undo);
   $("reset").addEventListener("click", reset);
@@ -460,4 +522,4 @@ function wire() {
 
 Object.assign(window.samPage, { openFile, addPoint, setBox, undo, reset, newObject, exportJson });
 wire();
-window.samPage.decoderReady = loadDecoder();
+window.samPage.decoderReady = loadModels().then(loadDecoder);

@@ -79,15 +79,18 @@ export class ClientDecoder {
     this.threads = threads;
   }
 
-  /** Loads onnxruntime-web from the app (never a CDN) and the graph; `headers` carries the token if any. */
-  static async load(baseUrl, headers) {
+  /** Loads onnxruntime-web from the app (never a CDN) and the graph of `model` (null: the service's default);
+   * `headers` carries the token if any. */
+  static async load(baseUrl, headers, model = null) {
     const vendor = new URL("vendor/onnxruntime-web/", baseUrl).href;
     const ort = await import(new URL("ort.wasm.min.mjs", vendor).href);
     ort.env.wasm.wasmPaths = vendor;
     // Threads need SharedArrayBuffer, which only a cross-origin isolated page has (the app sends COOP + COEP).
     const threads = self.crossOriginIsolated ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
     ort.env.wasm.numThreads = threads;
-    const response = await fetch(new URL("../sam/decoder.onnx", baseUrl), { headers, cache: "no-cache" });
+    const url = new URL("../sam/decoder.onnx", baseUrl);
+    if (model) url.searchParams.set("model", model);
+    const response = await fetch(url, { headers, cache: "no-cache" });
     if (!response.ok) throw new Error(await errorText(response));
     const graph = new Uint8Array(await response.arrayBuffer());
     const session = await ort.InferenceSession.create(graph, { executionProviders: ["wasm"] });
