@@ -30,7 +30,6 @@ from deployments.new_images import NewImages
 from deployments.off_loop import OffLoopJSONRoute, off_loop
 from deployments.ui import UI_PREFIX, VENDOR_PREFIX, UiFiles, embedding_headers, redirect_to_page
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded
-from sam_core.served_models import resolve_model
 from sam_core.service import cache_from_settings
 from sam_core.settings import MODEL_ID_PATTERN, Settings
 from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingRequest, SegmentEverythingResponse
@@ -67,6 +66,7 @@ api = FastAPIOffline(
 api.router.route_class = OffLoopJSONRoute
 install_error_handlers(api)
 api.include_router(labelstudio.router)
+api.include_router(labelstudio.model_router)
 
 
 api.add_middleware(BodySizeLimit)
@@ -312,8 +312,7 @@ class SamIngress:
         """A served model's decoder graph (ONNX), to decode clicks in the client on embeddings from
         `/sam/embed_image` (binary); `multimask`: the three-mask graph (its masks 1-3 are SamPredictor's);
         `model`: the served model's id (unset: the default)."""
-        served = resolve_model(self.settings.served_models, model, None).id
-        return await self.decoder_files.response(request, served, multimask=multimask)
+        return await self.decoder_files.response(request, self.models.named(model), multimask=multimask)
 
     @api.get(MODELS_ROUTE, response_model=ServedModelsResponse, responses=ERROR_RESPONSES)
     async def served_models(self) -> ServedModelsResponse:

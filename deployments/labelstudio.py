@@ -79,16 +79,15 @@ class LabelStudioBackend:
         self._access: tuple[str, float] | None = None
         self._refresh_lock = asyncio.Lock()
 
-    async def model_version(self) -> str:
-        models = self.ingress.models
-        return f"sam-serve-{await models.model_id(models.default)}"
+    async def model_version(self, model: str) -> str:
+        return f"sam-serve-{await self.ingress.models.model_id(model)}"
 
     def remember_setup(self, setup: SetupRequest) -> None:
         """The token `/setup` sends is used only for the configured host (a request can never add one)."""
         if setup.access_token and setup.hostname and self.host and _origin(setup.hostname) == _origin(self.host):
             self.setup_token = setup.access_token
 
-    async def predict(self, body: PredictRequest) -> dict[str, Any]:
+    async def predict(self, body: PredictRequest, model: str) -> dict[str, Any]:
         params = body.params or {}
         prompt = context_prompt(params.get("context"))
         if prompt is None:
@@ -97,13 +96,14 @@ class LabelStudioBackend:
         if not body.tasks:
             raise InvalidInput("one task is needed", field="tasks")
         url = _image_url(body.tasks[0], config)
-        answer = await self._segment(prompt, url)
+        answer = await self._segment(prompt, url, model)
         score = float(answer["scores"][0])
         # Decoding the mask and packing it as brush RLE or a polygon is O(pixels): off the event loop.
         result = await asyncio.to_thread(_region, answer["masks"][0], score, config, prompt.label)
-        return {"results": [{"result": [result], "score": score, "model_version": await self.model_version()}]}
+        version = await self.model_version(model)
+        return {"results": [{"result": [result], "score": score, "model_version": version}]}
 
-    async def _segment(self, prompt: InteractivePrompt, url: str) -> dict[str, Any]:
+    async def _segment(self, prompt: InteractivePrompt, url: str, model: str) -> dict[str, Any]:
         """The prompt's mask (rle) from the cached embedding of the image at `url`, fetching it only on a miss."""
         resolved = self._resolve(url)
         fields: dict[str, Any] = {
@@ -112,6 +112,7 @@ class LabelStudioBackend:
             "point_labels": prompt.point_labels,
             "box": prompt.box,
             "format": "rle",
+            "model": model,
         }
         try:
             result = await self.ingress.segment(SegmentImageRequest(**fields))
@@ -229,6 +230,11 @@ def _backend(request: Request) -> LabelStudioBackend:
     return backend
 
 
+def _model(request: Request) -> str:
+    """The served model the backend URL names (`/labelstudio/models/{model}`), else the default; 404 if unknown."""
+    return _backend(request).ingress.models.named(request.path_params.get("model"))
+
+
 @router.get("/", include_in_schema=False)
 @router.get("/health")
 async def health() -> dict[str, str]:
@@ -239,15 +245,16 @@ async def health() -> dict[str, str]:
 @router.post("/setup")
 async def setup(request: Request, body: SetupRequest) -> dict[str, str]:
     backend = _backend(request)
+    model = _model(request)
     backend.remember_setup(body)
-    return {"model_version": await backend.model_version()}
+    return {"model_version": await backend.model_version(model)}
 
 
 @router.post("/predict")
 async def predict(request: Request, body: PredictRequest) -> dict[str, Any]:
     """Interactive SAM: the context's keypoints (positive by `is_positive`) and rectangle on the task's image, answered
     as the config's BrushLabels (Label Studio's RLE) or PolygonLabels; no context: no prediction."""
-    return await _backend(request).predict(body)
+    return await _backend(request).predict(body, _model(request))
 
 
 @router.post("/webhook")
@@ -269,10 +276,24 @@ async def is_training() -> dict[str, bool]:
 
 @router.get("/versions")
 async def versions(request: Request) -> dict[str, Any]:
-    version = await _backend(request).model_version()
+    version = await _backend(request).model_version(_model(request))
     return {"versions": [version], "model_version": version}
 
 
 @router.get("/metrics")
 async def metrics() -> dict[str, Any]:
     return {}
+
+
+MODEL_PREFIX = PREFIX + "/models/{model}"
+"""Every route again under `/labelstudio/models/<id>`: the backend URL of a project that annotates with that served
+model (`/labelstudio` itself serves the default)."""
+
+model_router = APIRouter(prefix=MODEL_PREFIX, responses=ERROR_RESPONSES, route_class=OffLoopJSONRoute)
+for _route in list(router.routes):
+    model_router.add_api_route(
+        _route.path.removeprefix(PREFIX) or "/",  # type: ignore[attr-defined]
+        _route.endpoint,  # type: ignore[attr-defined]
+        methods=list(_route.methods),  # type: ignore[attr-defined]
+        include_in_schema=False,
+    )

@@ -40,6 +40,10 @@ class ServedModels:
         UnknownModel (404) naming the field."""
         return resolve_model(self.settings.served_models, request.model, request.sam_version_id).id
 
+    def named(self, model: str | None) -> str:
+        """`model` if it is served, the default when None; UnknownModel (404) naming `model` otherwise."""
+        return resolve_model(self.settings.served_models, model, None).id
+
     async def identity(self, model: str) -> ModelIdentity:
         """The model's weights (type and checkpoint sha256), asked of a decoder once (it resolves the checkpoint)."""
         if model not in self._identities:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,8 @@ from pydantic import SecretStr
 
 from deployments.labelstudio import LabelStudioBackend, SetupRequest
 from sam_core.errors import URLInputRefused
+from sam_core.model.build import make_random_checkpoint
+from sam_core.settings import ModelSpec
 from tests.conftest import ServeApp, photo_jpeg, rle_to_mask, second_app
 from tests.labelstudio_support import (
     BRUSH_CONFIG,
@@ -53,14 +56,26 @@ def host() -> Iterator[FileHost]:
 
 
 @pytest.fixture(scope="module")
-def client(serve_app: ServeApp, host: FileHost) -> Iterator[httpx.Client]:
+def other_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path, _ = make_random_checkpoint("vit_tiny", tmp_path_factory.mktemp("other") / "tiny_seed7.pth", seed=7)
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(serve_app: ServeApp, host: FileHost, other_checkpoint: Path) -> Iterator[httpx.Client]:
     """The app with a Label Studio host and its legacy token configured, and an API token: Label Studio
-    authenticates with HTTP Basic (the token as the password)."""
+    authenticates with HTTP Basic (the token as the password). It serves a second model, `other`, for projects
+    whose backend URL names it (/labelstudio/models/other)."""
+    models = (
+        ModelSpec(id="vit_tiny", model_type="vit_tiny", checkpoint=str(serve_app.checkpoint)),
+        ModelSpec(id="other", model_type="vit_tiny", checkpoint=str(other_checkpoint)),
+    )
     settings = serve_app.settings.model_copy(
         update={
             "labelstudio_url": host.url,
             "labelstudio_token": SecretStr(LEGACY),
             "auth_token": SecretStr(API_TOKEN),
+            "models": models,
         }
     )
     with (
@@ -70,9 +85,11 @@ def client(serve_app: ServeApp, host: FileHost) -> Iterator[httpx.Client]:
         yield http
 
 
-def segment_mask(client: httpx.Client, prompt: dict[str, Any]) -> np.ndarray:
+def segment_mask(client: httpx.Client, prompt: dict[str, Any], model: str | None = None) -> np.ndarray:
     """The same prompt through our own API (on the image's bytes), as a mask."""
     body = {"image": {"type": "base64", "value": base64.b64encode(PHOTO).decode()}, "format": "rle", **prompt}
+    if model:
+        body["model"] = model
     response = client.post("/sam/segment_image", json=body, headers={"Authorization": f"Bearer {API_TOKEN}"})
     assert response.status_code == 200, response.text
     return rle_to_mask(response.json()["masks"][0])
@@ -305,3 +322,25 @@ def test_a_refused_token_says_so(host: FileHost) -> None:
 def test_urls_elsewhere_are_left_to_the_url_fetch_rules(host: FileHost) -> None:
     image = asyncio.run(backend(host, LEGACY)._image("http://127.0.0.1:9/photo.jpg"))
     assert image == {"type": "url", "value": "http://127.0.0.1:9/photo.jpg"}
+
+
+def test_a_backend_url_naming_a_served_model_annotates_with_it(client: httpx.Client) -> None:
+    """A project connected at /labelstudio/models/other gets that model's masks and model version; /labelstudio
+    stays the default's; an unknown model in the URL is a 404 naming `model`."""
+    setup = {"project": "4.1", "schema": BRUSH_CONFIG, "hostname": "http://localhost:8080"}
+    default_version = client.post("/labelstudio/setup", json=setup).json()["model_version"]
+    other = client.post("/labelstudio/models/other/setup", json=setup)
+    assert other.status_code == 200, other.text
+    assert other.json()["model_version"].startswith("sam-serve-vit_tiny-")
+    assert other.json()["model_version"] != default_version
+    assert client.get("/labelstudio/models/other/health").json()["status"] == "UP"
+    response = client.post("/labelstudio/models/other/predict", json=predict_body(PATH, [keypoint(40, 55, SIZE)]))
+    region = only_region(response)
+    assert response.json()["results"][0]["model_version"] == other.json()["model_version"]
+    drawn = sdk_decode_brush(region["value"]["rle"], (SIZE[1], SIZE[0]))
+    click = {"point_coords": [[160.0, 165.0]], "point_labels": [1]}
+    assert iou(drawn, segment_mask(client, click, model="other")) >= 0.99
+    for path in ("/labelstudio/models/nope/predict", "/labelstudio/models/nope/setup"):
+        answer = client.post(path, json=predict_body(PATH, [keypoint(40, 55, SIZE)]) if "predict" in path else setup)
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["field"] == "model"
