@@ -153,5 +153,6 @@ class SamDecoder:
             "replica": self.replica_id,
             "local_copies": len(copies) if copies is not None else 0,
             "local_copy_bytes": copies.nbytes if copies is not None else 0,
+            "models_held": len(self.models.held),
             "rss_bytes": resident_bytes(),
         }

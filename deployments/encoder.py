@@ -59,7 +59,7 @@ class SamEncoder:
         """Batch size and wait, changeable at run time through `user_config`."""
         max_batch_size = int(config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
         self.max_batch_size = max_batch_size
-        for service in [self.models.default, *self.models.services.values()]:
+        for service in self.models.held:
             service.encoder.max_batch_size = max_batch_size
         self._embed_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         wait = float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S))
@@ -106,5 +106,5 @@ class SamEncoder:
         """What this replica has done since it started (images embedded, batches run, `batches_of_N`: batches of
         N images) and its resident memory."""
         sizes = {f"batches_of_{size}": count for size, count in sorted(self.batch_sizes.items())}
-        done = {"images_embedded": self.images_embedded, "batches": self.batches}
+        done = {"images_embedded": self.images_embedded, "batches": self.batches, "models_held": len(self.models.held)}
         return {**done, **sizes, "rss_bytes": resident_bytes()}

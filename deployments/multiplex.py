@@ -59,6 +59,9 @@ class ReplicaModels(Generic[T]):
 
         async def load(model: str) -> _Held[T]:
             service = self._preloaded.pop(model, None)
+            if service is None and len(self.services) + len(self._preloaded) >= settings.max_models_per_replica:
+                # The start-up model counts against the limit until Serve holds it: let it go for this one.
+                self._preloaded.clear()
             if service is None:
                 try:
                     model_settings = settings.for_model(model)
@@ -80,9 +83,13 @@ class ReplicaModels(Generic[T]):
 
     @property
     def default(self) -> T:
-        """The default model's service when it is loaded here (the start-up one until its first call)."""
-        model = self.settings.default_model
-        return self.services.get(model) or self._preloaded[model]
+        """The default model's service built at start-up (before any call)."""
+        return self._preloaded[self.settings.default_model]
+
+    @property
+    def held(self) -> list[T]:
+        """Every model's service this replica holds: those Serve loaded, and the start-up one until its first call."""
+        return [*self.services.values(), *self._preloaded.values()]
 
     async def current(self) -> tuple[str, T]:
         """The model the running call names (the default when it names none) and its service, loaded if need be."""

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from ray import serve
 from segment_anything import SamPredictor
 
 from sam_core.client import SamClient
@@ -308,14 +309,18 @@ def test_one_model_per_replica_unloads_and_reloads_and_stays_right(
     """max_models_per_replica 1: each switch unloads the other model (Serve's LRU); answers stay each model's."""
     rng = np.random.default_rng()
     for app in _app("one-model-each", serve_app, tmp_path_factory, per_replica=1):
-        pixels = random_image(rng)
-        predictors = {model: _predictor(loaded, pixels) for model, loaded in app.models.items()}
-        for model in ("tiny-a", "tiny-b", "tiny-a", "tiny-b"):
+        encoder = serve.get_deployment_handle("SamEncoder", app_name="one-model-each")
+        decoder = serve.get_deployment_handle("SamDecoder", app_name="one-model-each")
+        # The non-default model first: the start-up (default) model must make room for it, not sit beside it. A
+        # new image each time, so the encoder runs (and switches) every time.
+        for model in ("tiny-b", "tiny-a", "tiny-b", "tiny-a", "tiny-b"):
+            pixels = random_image(rng)
+            predictor = _predictor(app.models[model], pixels)
             body = {"image": image_payload(pixels), "model": model, "format": "binary"}
             got = npy_to_embedding(app.http.post("/sam/embed_image", json=body).content)
             assert relative_l2(got, _own_embedding(app.models[model], pixels)) < 1e-3, model
             prompt = unambiguous(
-                predictors[model],
+                predictor,
                 lambda: {"point_coords": rng.uniform(10, 200, (1, 2)).round(1), "point_labels": np.array([1])},
             )
             points = prompt["point_coords"]
@@ -323,7 +328,9 @@ def test_one_model_per_replica_unloads_and_reloads_and_stays_right(
                 app.http,
                 {"image": image_payload(pixels), "model": model, "point_coords": points.tolist(), "point_labels": [1]},
             )
-            assert iou(masks[0], expected_mask(predictors[model], points, np.array([1]))) >= MIN_IOU, model
+            assert iou(masks[0], expected_mask(predictor, points, np.array([1]))) >= MIN_IOU, model
+            assert encoder.stats.remote().result()["models_held"] == 1
+            assert decoder.stats.remote().result()["models_held"] == 1
         listed = {info["id"]: info["loaded"] for info in app.http.get("/sam/models").json()["models"]}
         # One model per replica: the last one used is the one each replica holds now.
         assert listed["tiny-b"] == {"encoder": 1, "decoder": 1}, listed
