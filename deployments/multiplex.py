@@ -53,7 +53,6 @@ class ReplicaModels(Generic[T]):
         self.services: dict[str, T] = {}
         context = serve.get_replica_context()
         self.app, self.replica_id = context.app_name, context.replica_id.unique_id
-        self._build = build
         self._preloaded: dict[str, T] = {settings.default_model: build(settings.for_model(settings.default_model))}
         self._announcer: asyncio.Task[None] | None = None
 
@@ -110,12 +109,14 @@ class ReplicaModels(Generic[T]):
         if self._announcer is not None:
             self._announcer.cancel()
         self.services.clear()
+        self._preloaded.clear()
         await self._announce()
 
     async def _announce(self) -> None:
         ttl_s = 3 * ANNOUNCE_EVERY_S
         try:
-            await self.cache.announce_models(self.app, self.role, self.replica_id, list(self.services), ttl_s)
+            held = [*self.services, *self._preloaded]
+            await self.cache.announce_models(self.app, self.role, self.replica_id, held, ttl_s)
         except Exception as exc:  # noqa: BLE001 - the listing is informative; serving goes on without it
             log.info("announcing the loaded models failed: %s", exc)
 

@@ -47,7 +47,7 @@ class ImageLimits(BaseSettings):
 
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-"""A served model's id: what requests name in `model`, Serve's multiplexed model id, a label in metrics."""
+"""A served model's id: what requests name in `model`, and Serve's multiplexed model id."""
 
 
 class ModelSpec(BaseModel):
