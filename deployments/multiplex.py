@@ -79,6 +79,8 @@ class ReplicaModels(Generic[T]):
             return _Held(model, service, self._unloaded)
 
         self._load = serve.multiplexed(max_num_models_per_replica=settings.max_models_per_replica)(load)
+        with contextlib.suppress(RuntimeError):  # announced from the start when built on the replica's loop
+            self._announcer = asyncio.get_running_loop().create_task(self._announce_forever())
 
     @property
     def default(self) -> T:
