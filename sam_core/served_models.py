@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sam_core.errors import ConfigurationError, UnknownModel
-from sam_core.model.registry import MODEL_REGISTRY
+from sam_core.model.registry import architecture
 from sam_core.settings import ModelSpec, Settings
 
 
@@ -14,13 +14,11 @@ def check_served_models(settings: Settings) -> None:
     """Every `models` entry's type is one we know (at deploy time, naming the entry; the single model's type, and
     every checkpoint, are checked when a replica loads it)."""
     for index, spec in enumerate(settings.models):
-        if spec.model_type not in MODEL_REGISTRY:
+        try:
+            architecture(spec.model_type)
+        except UnknownModel as exc:
             where = f"models.{index}.model_type"
-            known = ", ".join(sorted(MODEL_REGISTRY))
-            raise ConfigurationError(
-                f"invalid sam-serve settings: {where}: unknown model type {spec.model_type!r}; known: {known}",
-                field=where,
-            )
+            raise ConfigurationError(f"invalid sam-serve settings: {where}: {exc.reason}", field=where) from None
 
 
 def resolve_model(served: Sequence[ModelSpec], model: str | None, sam_version_id: str | None) -> ModelSpec:
