@@ -155,11 +155,9 @@ def with_model(body: dict[str, Any], model: str | None) -> dict[str, Any]:
 
 def parse_models(response: httpx.Response) -> list[ServedModelInfo]:
     """GET /sam/models's answer: every served model (id, architecture, sha256, replicas holding it)."""
-    raise_for_error(response)
-    try:
-        return ServedModelsResponse.model_validate_json(response.content).models
-    except ValueError as exc:
-        raise _invalid_response(response, exc) from exc
+    answer = _parse_answer(response, "json", ServedModelsResponse, bytes)
+    assert isinstance(answer, ServedModelsResponse), "a json answer"
+    return answer.models
 
 
 def embed_request_body(image: ImageLike | None, *, image_id: str | None, format: str) -> dict[str, Any]:
