@@ -28,7 +28,7 @@ from sam_core.wire.everything import (
     crop_cache_key,
 )
 from sam_core.wire.images import EncodedImage, crop_encoder_inputs
-from sam_core.wire.schemas import SegmentResult
+from sam_core.wire.schemas import CONTENT_ID_PREFIX, SegmentResult, check_content_id
 
 
 class SamIngress(Protocol):
@@ -100,8 +100,9 @@ async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequ
     inline = not ingress.cache.shared
     encoded: EncodedImage | None = None
     key = request.image_id
-    if key is None:
+    if key is None or (request.image is not None and key.startswith(CONTENT_ID_PREFIX)):
         encoded = await ingress.images.read(request)
+        check_content_id(key, encoded.content_id)
         key = encoded.content_id
     whole = await _cached(ingress, model, key, inline=inline, has_image=request.image is not None)
     source = "cache"

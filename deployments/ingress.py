@@ -37,6 +37,7 @@ from sam_core.wire.images import EncodedImage
 from sam_core.wire.jobs import client_embedding, explicit_mask_input, prompt_mask_inputs, segment_job
 from sam_core.wire.npy import embedding_to_npy
 from sam_core.wire.schemas import (
+    CONTENT_ID_PREFIX,
     DECODER_FILE_ROUTE,
     EMBED_ROUTE,
     MODELS_ROUTE,
@@ -51,6 +52,8 @@ from sam_core.wire.schemas import (
     SegmentResult,
     ServedModelsResponse,
     WarmResult,
+    check_client_image_id,
+    check_content_id,
 )
 
 log = logging.getLogger("ray.serve")
@@ -105,9 +108,10 @@ class SamIngress:
         model_id = await self.models.model_id(model)
         encoded = None
         key = request.image_id
-        if key is None:
+        if key is None or (request.image is not None and key.startswith(CONTENT_ID_PREFIX)):
             # Keyed by the hash of the bytes as sent, taken before any decode: a repeat image costs no decode.
             encoded = await self.images.read(request)
+            check_content_id(key, encoded.content_id)
             key = encoded.content_id
         cached = None
         try:
@@ -146,15 +150,17 @@ class SamIngress:
         started = time.perf_counter()
         model = self.models.resolve(request)
         job = await self._job(request)
+        check_content_id(request.image_id, None, has_embeddings=request.embeddings is not None)
         if request.embeddings is not None:
             job.embedding = await off_loop(client_embedding, request, self.settings.images)
             return self._finish(await self._decode(model, job), job, started, source="client")
 
         encoded: EncodedImage | None = None
         stages: dict[str, float] = {}
-        if job.cache_key is None:
+        if job.cache_key is None or (request.image is not None and job.cache_key.startswith(CONTENT_ID_PREFIX)):
             # The hash of the bytes as sent, before any decode: a cached repeat image is never decoded.
             encoded = await self.images.read(request)
+            check_content_id(job.cache_key, encoded.content_id)
             job.cache_key = encoded.content_id
         if not self.cache.shared:
             job.embedding = await self.cache.get_embedding(await self.models.model_id(model), job.cache_key)
@@ -255,6 +261,7 @@ class SamIngress:
         responses={200: {"content": {"application/octet-stream": {}}}, **ERROR_RESPONSES},
     )
     async def embed_image(self, request: EmbedImageRequest) -> Response:
+        check_client_image_id(request.image_id)
         result = await self.embed(request)
         if result.npy is not None:
             headers = embedding_headers(result.response)
@@ -276,6 +283,7 @@ class SamIngress:
         },
     )
     async def segment_image(self, request: SegmentImageRequest) -> Response:
+        check_client_image_id(request.image_id)
         result = await self.segment(request)
         headers = {
             "X-Process-Time": f"{result.timings.get('total_s', 0.0):.6f}",
@@ -294,6 +302,7 @@ class SamIngress:
     async def segment_everything_route(self, request: SegmentEverythingRequest) -> Response:
         """Every mask of an image: the request holds the generator's parameters; a client that disconnects
         stops the run at its next batch of points."""
+        check_client_image_id(request.image_id)
         result = await self.segment_everything(request)
         return JSONResponse(result.body, headers={"X-Decoder-Replica": result.replica or ""})
 

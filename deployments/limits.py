@@ -1,4 +1,5 @@
-"""ASGI guards in front of the API: a request-body size limit (413) and optional bearer-token auth (401).
+"""ASGI guards in front of the API: a request-body size limit (413) and optional bearer-token auth (401; with a
+token set, websocket and other non-HTTP connections are refused).
 
 The size limit counts what arrives (chunked bodies included), not only the Content-Length header, so a client
 cannot stream an unbounded body into the ingress's memory. Both answer with the API's JSON error body.
@@ -89,6 +90,10 @@ class BearerAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = self.token
         path = self._path(scope)
+        if token is not None and scope["type"] not in ("http", "lifespan"):
+            # No route takes a websocket (or any other scope): with auth on, none may pass unchecked.
+            await _refuse_connection(scope, receive, send)
+            return
         if token is None or scope["type"] != "http" or path in self.open_paths or path.startswith(self.open_prefixes):
             await self.app(scope, receive, send)
             return
@@ -107,6 +112,14 @@ class BearerAuth:
         """The path within the application (Serve mounts an app under its route prefix, the root path)."""
         path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
         return path[len(root) :] if root and path.startswith(root) else path
+
+
+async def _refuse_connection(scope: Scope, receive: Receive, send: Send) -> None:
+    """Refuse a non-HTTP connection: a websocket handshake is closed with 1008 (policy violation) before accept."""
+    if scope["type"] == "websocket":
+        message = await receive()
+        if message["type"] == "websocket.connect":
+            await send({"type": "websocket.close", "code": 1008, "reason": "sam-serve takes no websocket"})
 
 
 def _basic_password(credentials: bytes) -> bytes:

@@ -18,6 +18,7 @@ from sam_core.errors import CacheUnavailable, InvalidInput, Overloaded
 from sam_core.settings import Settings
 from sam_core.single_flight import SingleFlight
 from sam_core.wire.images import EncodedImage, encoder_input, read_image
+from sam_core.wire.schemas import check_content_id
 
 
 class NewImages:
@@ -41,6 +42,7 @@ class NewImages:
         """The image's cache key (its `image_id`, else the hash of its bytes) and whether `model`'s embedding of
         it was cached (from the entry's header alone); when it was not, one encoder run of it puts it there."""
         encoded = await self.read(request)
+        check_content_id(request.image_id, encoded.content_id)
         key = request.image_id or encoded.content_id
         if await self.cache.has_embedding(await self.models.model_id(model), key, encoded.content_id):
             return key, True

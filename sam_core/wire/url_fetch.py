@@ -85,7 +85,7 @@ def _checked_target(url: str, limits: ImageLimits, field: str) -> _Target:
     for address in addresses:
         problem = _refused_address_kind(address, allow_private=limits.allow_private_urls)
         if problem:
-            raise URLInputRefused(f"host {host!r} resolves to {problem} address {address}", field=field)
+            raise URLInputRefused(f"host {host!r} resolves to {problem} address (not fetched)", field=field)
     pinned_urls = tuple(
         parts._replace(netloc=f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}").geturl()
         for address in dict.fromkeys(addresses)
