@@ -17,9 +17,9 @@ from deployments.models import ServedModels
 from deployments.new_images import NewImages
 from deployments.off_loop import off_loop
 from sam_core.cache import EmbeddingCache
-from sam_core.embedding import EncoderInput, ImageEmbedding
+from sam_core.embedding import EncoderInput, ImageEmbedding, same_content
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded
-from sam_core.model.everything import check_grid, check_options, crop_boxes
+from sam_core.model.everything import check_grid, check_options, check_work, crop_boxes
 from sam_core.settings import Settings
 from sam_core.wire.everything import (
     EVERYTHING_ROUTE,
@@ -28,7 +28,7 @@ from sam_core.wire.everything import (
     crop_cache_key,
 )
 from sam_core.wire.images import EncodedImage, crop_encoder_inputs
-from sam_core.wire.schemas import CONTENT_ID_PREFIX, SegmentResult, check_content_id
+from sam_core.wire.schemas import SegmentResult
 
 
 class SamIngress(Protocol):
@@ -41,14 +41,18 @@ class SamIngress(Protocol):
     models: ServedModels
 
 
-async def _cached(ingress: SamIngress, model: str, key: str, *, inline: bool, has_image: bool) -> ImageEmbedding | bool:
+async def _cached(
+    ingress: SamIngress, model: str, key: str, *, inline: bool, has_image: bool, content_id: str = ""
+) -> ImageEmbedding | bool:
     """The cached embedding (`inline`: the ingress's own per-process cache) or whether the shared cache holds
-    it; False when it cannot say and the image is at hand."""
+    it, of the image `content_id` when given (the bytes sent win); False when it cannot say and the image is at
+    hand."""
     model_id = await ingress.models.model_id(model)
     try:
         if inline:
-            return await ingress.cache.get_embedding(model_id, key) or False
-        return await ingress.cache.has_embedding(model_id, key)
+            found = await ingress.cache.get_embedding(model_id, key)
+            return found if found is not None and same_content(found.content_id, content_id) else False
+        return await ingress.cache.has_embedding(model_id, key, content_id)
     except CacheUnavailable as exc:
         if not has_image:
             raise CacheUnavailable(
@@ -75,41 +79,41 @@ async def _crop_embeddings(
     embeddings: list[ImageEmbedding | None] = []
     crops: list[EncoderInput] | None = None
     for index, (box, crop_key) in enumerate(zip(boxes[1:], keys[1:], strict=True), start=1):
-        cached = await _cached(ingress, model, crop_key, inline=inline, has_image=request.image is not None)
+        content_id = "" if encoded is None else encoded.content_id
+        cached = await _cached(
+            ingress, model, crop_key, inline=inline, has_image=encoded is not None, content_id=content_id
+        )
         if cached is not False:
             embeddings.append(cached if isinstance(cached, ImageEmbedding) else None)
             continue
-        if request.image is None:
+        if encoded is None:
             raise CacheMiss(
                 f"crop_n_layers {options.crop_n_layers} needs the image: crop {index} {list(box)} is not cached",
                 field="image",
             )
         if crops is None:
-            encoded = encoded or await ingress.images.read(request)
             crops = await off_loop(crop_encoder_inputs, encoded, ingress.settings.images, boxes, pool="image")
         embeddings.append(await ingress.images.encode(model, crops[index], crop_key))
     return keys, embeddings
 
 
-async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequest) -> SegmentResult:
-    """Every mask of the image, as `SamAutomaticMaskGenerator` finds them; the body is JSON-ready."""
+async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequest, tenant: str) -> SegmentResult:
+    """Every mask of the image, as `SamAutomaticMaskGenerator` finds them; the body is JSON-ready. `tenant`: whose
+    `image_id`s these are."""
     started = time.perf_counter()
     model = ingress.models.resolve(request)
     options = request.options()
     check_grid(options)
+    check_work(options, ingress.settings.everything_max_points)
     inline = not ingress.cache.shared
-    encoded: EncodedImage | None = None
-    key = request.image_id
-    if key is None or (request.image is not None and key.startswith(CONTENT_ID_PREFIX)):
-        encoded = await ingress.images.read(request)
-        check_content_id(key, encoded.content_id)
-        key = encoded.content_id
-    whole = await _cached(ingress, model, key, inline=inline, has_image=request.image is not None)
+    ids, encoded = await ingress.images.keyed(request, tenant)
+    key = ids.cache_key
+    content_id = "" if encoded is None else encoded.content_id
+    whole = await _cached(ingress, model, key, inline=inline, has_image=encoded is not None, content_id=content_id)
     source = "cache"
     if whole is False:
-        if request.image is None:
+        if encoded is None:
             raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
-        encoded = encoded or await ingress.images.read(request)
         found, source = await ingress.images.embed_once(model, key, encoded, {}, inline=True)
         assert found is not None, "inline=True gives the embedding"
         whole = found
@@ -133,7 +137,7 @@ async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequ
     except BackPressureError as exc:
         raise Overloaded("the decoders are at capacity: retry shortly") from exc
     assert isinstance(result.body, dict), "segment everything answers json"
-    result.body = {"image_id": key, **result.body, "time": time.perf_counter() - started}
+    result.body = {"image_id": ids.reply_id, **result.body, "time": time.perf_counter() - started}
     result.timings["total_s"] = time.perf_counter() - started
     metrics.request_served(EVERYTHING_ROUTE, request.format, source, result.timings["total_s"])
     return result

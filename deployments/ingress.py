@@ -24,20 +24,22 @@ from deployments import everything, labelstudio, metrics
 from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
 from deployments.decoder_file import ONNX_MEDIA_TYPE, DecoderFiles
 from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
-from deployments.limits import BearerAuth, BodySizeLimit
+from deployments.limits import BearerAuth, BodySizeLimit, TenantLimit, tenant_of
 from deployments.models import ServedModels
 from deployments.new_images import NewImages
 from deployments.off_loop import OffLoopJSONRoute, off_loop
 from deployments.ui import UI_PREFIX, VENDOR_PREFIX, UiFiles, embedding_headers, redirect_to_page
+from sam_core.embedding import same_content
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded
 from sam_core.service import cache_from_settings
 from sam_core.settings import MODEL_ID_PATTERN, Settings
+from sam_core.tenants import tenant_tokens
 from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingRequest, SegmentEverythingResponse
+from sam_core.wire.image_ids import DEFAULT_TENANT, check_client_image_id, check_content_id, image_keys
 from sam_core.wire.images import EncodedImage
 from sam_core.wire.jobs import client_embedding, explicit_mask_input, prompt_mask_inputs, segment_job
 from sam_core.wire.npy import embedding_to_npy
 from sam_core.wire.schemas import (
-    CONTENT_ID_PREFIX,
     DECODER_FILE_ROUTE,
     EMBED_ROUTE,
     MODELS_ROUTE,
@@ -52,8 +54,6 @@ from sam_core.wire.schemas import (
     SegmentResult,
     ServedModelsResponse,
     WarmResult,
-    check_client_image_id,
-    check_content_id,
 )
 
 log = logging.getLogger("ray.serve")
@@ -73,6 +73,7 @@ api.include_router(labelstudio.model_router)
 
 
 api.add_middleware(BodySizeLimit)
+api.add_middleware(TenantLimit)
 api.add_middleware(BearerAuth)
 
 
@@ -96,41 +97,45 @@ class SamIngress:
         self.ui_files = UiFiles(settings.ui_dir)
         api.state.labelstudio = labelstudio.LabelStudioBackend(self, settings)
         BodySizeLimit.max_bytes = settings.max_body_bytes
-        BearerAuth.token = settings.auth_token.get_secret_value().encode() if settings.auth_token else None
+        BearerAuth.tokens = tenant_tokens(settings)
+        if settings.auth_required and not BearerAuth.tokens:
+            raise ValueError(
+                "auth_required is true but no token is configured: set auth_token, auth_tokens "
+                "(SAM_AUTH_TOKENS) or auth_tokens_file (k8s: fill the sam-auth Secret, k8s/make-secrets.sh)"
+            )
+        TenantLimit.max_in_flight = settings.tenant_max_in_flight if BearerAuth.tokens else None
         self.replica_id = serve.get_replica_context().replica_id.unique_id
 
     # ---- shared by HTTP and handle calls ----------------------------------------------------------------
 
-    async def embed(self, request: EmbedImageRequest) -> EmbedResult:
-        """Embed an image unless its embedding is cached; returns metadata (and the .npy when binary)."""
+    async def embed(self, request: EmbedImageRequest, tenant: str = DEFAULT_TENANT) -> EmbedResult:
+        """Embed an image unless its embedding is cached; returns metadata (and the .npy when binary).
+
+        `tenant`: whose `image_id`s these are (HTTP: the token's; handle callers: the default tenant's).
+        """
         started = time.perf_counter()
         model = self.models.resolve(request)
         model_id = await self.models.model_id(model)
-        encoded = None
-        key = request.image_id
-        if key is None or (request.image is not None and key.startswith(CONTENT_ID_PREFIX)):
-            # Keyed by the hash of the bytes as sent, taken before any decode: a repeat image costs no decode.
-            encoded = await self.images.read(request)
-            check_content_id(key, encoded.content_id)
-            key = encoded.content_id
+        keys, encoded = await self.images.keyed(request, tenant)
         cached = None
         try:
-            cached = await self.cache.get_embedding(model_id, key)
+            cached = await self.cache.get_embedding(model_id, keys.cache_key)
         except CacheUnavailable as exc:
-            if request.image is None:
+            if encoded is None:
                 raise CacheUnavailable(
                     "the embedding cache is unavailable: resend the request with the image", field="image_id"
                 ) from exc
-        if cached is None and request.image is None:
-            raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
+        if cached is not None and encoded is not None and not same_content(cached.content_id, encoded.content_id):
+            cached = None  # the bytes sent win: embedded below, and the id re-pointed to them
         embedding, source = cached, "cache"
         if embedding is None:
-            encoded = encoded or await self.images.read(request)
-            found, source = await self.images.embed_once(model, key, encoded, {}, inline=True)
+            if encoded is None:
+                raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
+            found, source = await self.images.embed_once(model, keys.cache_key, encoded, {}, inline=True)
             assert found is not None, "inline=True gives the embedding"
             embedding = found
         response = EmbedImageResponse(
-            image_id=key,
+            image_id=keys.reply_id,
             original_size=embedding.original_size,
             cached=cached is not None,
             time=time.perf_counter() - started,
@@ -139,45 +144,52 @@ class SamIngress:
         metrics.request_served(EMBED_ROUTE, request.format, source, time.perf_counter() - started)
         return EmbedResult(response=response, embedding=embedding.embedding, npy=npy)
 
-    async def warm(self, request: EmbedImageRequest) -> WarmResult:
+    async def warm(self, request: EmbedImageRequest, tenant: str = DEFAULT_TENANT) -> WarmResult:
         """Embed the image into the shared cache unless it is there (`sam-serve warm`): keyed as `embed` keys it,
         checked from the entry's header alone, and nothing comes back but whether it was cached."""
-        key, cached = await self.images.warm(self.models.resolve(request), request)
-        return WarmResult(image_id=key, cached=cached)
+        image_id, cached = await self.images.warm(self.models.resolve(request), request, tenant)
+        return WarmResult(image_id=image_id, cached=cached)
 
-    async def segment(self, request: SegmentImageRequest) -> SegmentResult:
-        """Masks for the request's prompt; the body is JSON-ready (json/rle/png) or npz bytes (binary)."""
+    async def segment(self, request: SegmentImageRequest, tenant: str = DEFAULT_TENANT) -> SegmentResult:
+        """Masks for the request's prompt; the body is JSON-ready (json/rle/png) or npz bytes (binary).
+
+        `tenant`: whose `image_id`s and low-res logits these are (as for `embed`).
+        """
         started = time.perf_counter()
         model = self.models.resolve(request)
         job = await self._job(request)
         check_content_id(request.image_id, None, has_embeddings=request.embeddings is not None)
         if request.embeddings is not None:
             job.embedding = await off_loop(client_embedding, request, self.settings.images)
-            return self._finish(await self._decode(model, job), job, started, source="client")
+            if request.image_id is not None:
+                keys = image_keys(tenant, request.image_id)
+                job.cache_key, job.logits_key = keys.cache_key, keys.logits_key
+            return self._finish(await self._decode(model, job), job, request.image_id, started, source="client")
 
-        encoded: EncodedImage | None = None
+        keys, encoded = await self.images.keyed(request, tenant)
+        job.cache_key, job.logits_key = keys.cache_key, keys.logits_key
+        if encoded is not None:
+            # The bytes sent win: a decoder answers only from an entry of this image.
+            job.content_id = encoded.content_id
         stages: dict[str, float] = {}
-        if job.cache_key is None or (request.image is not None and job.cache_key.startswith(CONTENT_ID_PREFIX)):
-            # The hash of the bytes as sent, before any decode: a cached repeat image is never decoded.
-            encoded = await self.images.read(request)
-            check_content_id(job.cache_key, encoded.content_id)
-            job.cache_key = encoded.content_id
         if not self.cache.shared:
-            job.embedding = await self.cache.get_embedding(await self.models.model_id(model), job.cache_key)
-        elif request.image is not None and not await self.images.probably_cached(model, job.cache_key):
+            cached = await self.cache.get_embedding(await self.models.model_id(model), keys.cache_key)
+            job.embedding = cached if cached is not None and same_content(cached.content_id, job.content_id) else None
+        elif encoded is not None and not await self.images.probably_cached(model, keys.cache_key, job.content_id):
             # A new image goes straight to the encoder: asking a decoder first costs a whole handle hop.
-            return await self._encode_and_decode(model, job, request, encoded, started, stages)
+            return await self._encode_and_decode(model, job, keys.reply_id, encoded, started, stages)
         try:
-            return self._finish(await self._decode(model, job), job, started, source="cache", stages=stages)
+            result = await self._decode(model, job)
+            return self._finish(result, job, keys.reply_id, started, source="cache", stages=stages)
         except CacheMiss:
-            if request.image is None:
+            if encoded is None:
                 raise
         except CacheUnavailable as exc:
-            if request.image is None:
+            if encoded is None:
                 raise CacheUnavailable(
                     "the embedding cache is unavailable: resend the request with the image", field="image_id"
                 ) from exc
-        return await self._encode_and_decode(model, job, request, encoded, started, stages)
+        return await self._encode_and_decode(model, job, keys.reply_id, encoded, started, stages)
 
     @staticmethod
     async def _job(request: SegmentImageRequest) -> SegmentJob:
@@ -193,15 +205,13 @@ class SamIngress:
         self,
         model: str,
         job: SegmentJob,
-        request: SegmentImageRequest,
-        encoded: EncodedImage | None,
+        reply_id: str,
+        encoded: EncodedImage,
         started: float,
         stages: dict[str, float],
     ) -> SegmentResult:
         """A new image: embedded once for every concurrent request of it (single flight), then decoded, with
         the embedding inline when this request's flight has it in hand."""
-        encoded = encoded or await self.images.read(request)
-        job.content_id = encoded.content_id
         assert job.cache_key is not None, "segment() names the entry before encoding"
         job.embedding, source = await self.images.embed_once(
             model, job.cache_key, encoded, stages, inline=not self.cache.shared
@@ -215,7 +225,7 @@ class SamIngress:
             image = await self.images.encoder_input(encoded)
             job.embedding = await self.images.encode(model, image, job.cache_key)
             result = await self._decode(model, job)
-        return self._finish(result, job, started, source=source, stages=stages)
+        return self._finish(result, job, reply_id, started, source=source, stages=stages)
 
     async def _decode(self, model: str, job: SegmentJob) -> SegmentResult:
         """One decoder call, retried once on another replica if the first one died mid-call.
@@ -235,7 +245,13 @@ class SamIngress:
 
     @staticmethod
     def _finish(
-        result: SegmentResult, job: SegmentJob, started: float, *, source: str, stages: dict[str, float] | None = None
+        result: SegmentResult,
+        job: SegmentJob,
+        reply_id: str | None,
+        started: float,
+        *,
+        source: str,
+        stages: dict[str, float] | None = None,
     ) -> SegmentResult:
         """Stamp the id and times on a decoder's answer; `source`: where the embedding came from.
 
@@ -243,15 +259,17 @@ class SamIngress:
         """
         result.timings.update(stages or {})
         if isinstance(result.body, dict):
-            result.body["image_id"] = job.cache_key
+            result.body["image_id"] = reply_id
             result.body["time"] = time.perf_counter() - started
         result.timings["total_s"] = time.perf_counter() - started
         metrics.request_served(SEGMENT_ROUTE, job.format, source, result.timings["total_s"])
         return result
 
-    async def segment_everything(self, request: SegmentEverythingRequest) -> SegmentResult:
+    async def segment_everything(
+        self, request: SegmentEverythingRequest, tenant: str = DEFAULT_TENANT
+    ) -> SegmentResult:
         """Every mask of an image (`SamAutomaticMaskGenerator`'s algorithm, run by a decoder replica)."""
-        return await everything.segment_everything(self, request)
+        return await everything.segment_everything(self, request, tenant)
 
     # ---- HTTP -------------------------------------------------------------------------------------------
 
@@ -260,9 +278,9 @@ class SamIngress:
         response_model=EmbedImageResponse,
         responses={200: {"content": {"application/octet-stream": {}}}, **ERROR_RESPONSES},
     )
-    async def embed_image(self, request: EmbedImageRequest) -> Response:
+    async def embed_image(self, request: EmbedImageRequest, http: Request) -> Response:
         check_client_image_id(request.image_id)
-        result = await self.embed(request)
+        result = await self.embed(request, tenant_of(http))
         if result.npy is not None:
             headers = embedding_headers(result.response)
             return Response(content=result.npy, media_type="application/octet-stream", headers=headers)
@@ -282,9 +300,9 @@ class SamIngress:
             **ERROR_RESPONSES,
         },
     )
-    async def segment_image(self, request: SegmentImageRequest) -> Response:
+    async def segment_image(self, request: SegmentImageRequest, http: Request) -> Response:
         check_client_image_id(request.image_id)
-        result = await self.segment(request)
+        result = await self.segment(request, tenant_of(http))
         headers = {
             "X-Process-Time": f"{result.timings.get('total_s', 0.0):.6f}",
             "X-Decoder-Replica": result.replica or "",
@@ -299,11 +317,11 @@ class SamIngress:
         return JSONResponse(result.body, headers=headers)
 
     @api.post(EVERYTHING_ROUTE, response_model=SegmentEverythingResponse, responses=ERROR_RESPONSES)
-    async def segment_everything_route(self, request: SegmentEverythingRequest) -> Response:
+    async def segment_everything_route(self, request: SegmentEverythingRequest, http: Request) -> Response:
         """Every mask of an image: the request holds the generator's parameters; a client that disconnects
         stops the run at its next batch of points."""
         check_client_image_id(request.image_id)
-        result = await self.segment_everything(request)
+        result = await self.segment_everything(request, tenant_of(http))
         return JSONResponse(result.body, headers={"X-Decoder-Replica": result.replica or ""})
 
     @api.get(

@@ -1,5 +1,6 @@
-"""ASGI guards in front of the API: a request-body size limit (413) and optional bearer-token auth (401; with a
-token set, websocket and other non-HTTP connections are refused).
+"""ASGI guards in front of the API: a request-body size limit (413), optional bearer-token auth (401; with
+tokens set, websocket and other non-HTTP connections are refused) that names each request's tenant, and a
+per-tenant bound on requests in flight (429).
 
 The size limit counts what arrives (chunked bodies included), not only the Content-Length header, so a client
 cannot stream an unbounded body into the ingress's memory. Both answer with the API's JSON error body.
@@ -11,11 +12,14 @@ import base64
 import binascii
 import hmac
 import json
-from typing import Any
+from typing import Any, ClassVar
 
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments import metrics
 from sam_core.settings import DEFAULT_MAX_BODY_BYTES
+from sam_core.wire.image_ids import DEFAULT_TENANT
 
 
 class _BodyTooLarge(Exception):
@@ -68,14 +72,16 @@ class BodySizeLimit:
 
 
 class BearerAuth:
-    """Requires `Authorization: Bearer <token>` on every route but the probes and docs, when a token is set.
+    """Requires `Authorization: Bearer <token>` on every route but the probes and docs, when tokens are set, and
+    tells the routes whose token it was: the tenant, in `scope["state"]["tenant"]`.
 
-    Protecting by default means a route added later is never open by mistake. The comparison is
-    constant-time. Like BodySizeLimit, the token is class-wide and set by the ingress from its settings when
-    its replica starts.
+    Protecting by default means a route added later is never open by mistake. Every token is compared, in
+    constant time, whichever matches. Like BodySizeLimit, the tokens are class-wide and set by the ingress from
+    its settings when its replica starts (`sam_core.tenants.tenant_tokens`).
     """
 
-    token: bytes | None = None
+    tokens: ClassVar[dict[bytes, str]] = {}
+    """Token -> tenant; empty: auth is off (every request is the default tenant's)."""
     open_paths = frozenset({"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
     open_prefixes = ("/static-offline-docs/", "/ui/")
     """The docs pages' own assets (Swagger UI and ReDoc, served from the installed package), and the labelling
@@ -88,13 +94,13 @@ class BearerAuth:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = self.token
-        path = self._path(scope)
-        if token is not None and scope["type"] not in ("http", "lifespan"):
+        tokens = self.tokens
+        path = _path(scope)
+        if tokens and scope["type"] not in ("http", "lifespan"):
             # No route takes a websocket (or any other scope): with auth on, none may pass unchecked.
             await _refuse_connection(scope, receive, send)
             return
-        if token is None or scope["type"] != "http" or path in self.open_paths or path.startswith(self.open_prefixes):
+        if not tokens or scope["type"] != "http" or path in self.open_paths or path.startswith(self.open_prefixes):
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
@@ -102,16 +108,77 @@ class BearerAuth:
         if scheme.lower() == b"basic" and path.startswith(self.basic_prefixes):
             # Label Studio authenticates to its ML backends with HTTP Basic only: any user, the token as password.
             scheme, given = b"bearer", _basic_password(given.strip())
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token):
+        tenant = _tenant_of(tokens, given.strip()) if scheme.lower() == b"bearer" else None
+        if tenant is None:
             await send_error(send, 401, "Unauthorized", "missing or wrong bearer token", field="Authorization")
             return
+        scope.setdefault("state", {})["tenant"] = tenant
         await self.app(scope, receive, send)
 
-    @staticmethod
-    def _path(scope: Scope) -> str:
-        """The path within the application (Serve mounts an app under its route prefix, the root path)."""
-        path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
-        return path[len(root) :] if root and path.startswith(root) else path
+
+def tenant_of(request: HTTPConnection) -> str:
+    """The tenant `BearerAuth` found for the request's token; the default tenant when auth is off."""
+    tenant: str = request.scope.get("state", {}).get("tenant", DEFAULT_TENANT)
+    return tenant
+
+
+def _tenant_of(tokens: dict[bytes, str], given: bytes) -> str | None:
+    """The tenant whose token `given` is: every token compared in constant time, so the time says nothing."""
+    found = None
+    for token, tenant in tokens.items():
+        if hmac.compare_digest(given, token):
+            found = tenant
+    return found
+
+
+class TenantLimit:
+    """A bound on each tenant's requests in flight on this ingress replica: over `max_in_flight`, 429 with
+    Retry-After, so one tenant's burst queues only its own requests, never the others'. Counts every tenant's
+    answers by status (`sam_tenant_requests_total`). Only with auth on (without it there is one tenant, and
+    Serve's own queue bounds it); class-wide, set by the ingress like BearerAuth."""
+
+    max_in_flight: int | None = None
+    retry_after_s = 1
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.in_flight: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tenant = scope.get("state", {}).get("tenant") if scope["type"] == "http" else None
+        if tenant is None or self.max_in_flight is None:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight.get(tenant, 0) >= self.max_in_flight:
+            metrics.tenant_request(tenant, 429)
+            await send_error(
+                send,
+                429,
+                "Overloaded",
+                f"this tenant has {self.max_in_flight} requests in flight here: retry shortly",
+                retry_after_s=self.retry_after_s,
+            )
+            return
+        self.in_flight[tenant] = self.in_flight.get(tenant, 0) + 1
+        status = 500
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            self.in_flight[tenant] -= 1
+            metrics.tenant_request(tenant, status)
+
+
+def _path(scope: Scope) -> str:
+    """The path within the application (Serve mounts an app under its route prefix, the root path)."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def _refuse_connection(scope: Scope, receive: Receive, send: Send) -> None:
@@ -129,12 +196,16 @@ def _basic_password(credentials: bytes) -> bytes:
         return b""
 
 
-async def send_error(send: Send, status: int, error: str, reason: str, *, field: str | None = None) -> None:
+async def send_error(
+    send: Send, status: int, error: str, reason: str, *, field: str | None = None, retry_after_s: int | None = None
+) -> None:
     """Answer with the API's JSON error body straight from ASGI (before FastAPI has the request)."""
     body: dict[str, Any] = {"error": error, "field": field, "reason": reason}
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -72,6 +72,7 @@ class _Metrics:
     everything_points: Counter
     everything_runs: Counter
     embed_flights: Counter
+    tenant_requests: Counter
 
 
 @functools.cache
@@ -147,6 +148,12 @@ def _metrics() -> _Metrics:
             "cache down, another image under its image_id, or it waited embed_wait_s).",
             tag_keys=_keys("model_id", "role"),
         ),
+        tenant_requests=Counter(
+            "sam_tenant_requests_total",
+            description="Authenticated requests answered, by tenant (a configured name) and HTTP status (429: over "
+            "the tenant's bound on requests in flight).",
+            tag_keys=_keys("tenant", "status"),
+        ),
     )
 
 
@@ -202,3 +209,8 @@ def everything_run(model_id: str, result: str) -> None:
 def embed_flight(model_id: str, role: str) -> None:
     """One request that needed a new image's embedding; `role`: how it got it (`sam_core.single_flight.Role`)."""
     _metrics().embed_flights.inc(tags={"model_id": model_id, "role": role})
+
+
+def tenant_request(tenant: str, status: int) -> None:
+    """One authenticated request answered with `status` (tenants are configured names: few tag values)."""
+    _metrics().tenant_requests.inc(tags={"tenant": tenant, "status": str(status)})

@@ -4,6 +4,7 @@ request of it, across ingress replicas (`sam_core.single_flight`)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -17,8 +18,9 @@ from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.errors import CacheUnavailable, InvalidInput, Overloaded
 from sam_core.settings import Settings
 from sam_core.single_flight import SingleFlight
-from sam_core.wire.images import EncodedImage, encoder_input, read_image
-from sam_core.wire.schemas import check_content_id
+from sam_core.wire.image_ids import ImageKeys, check_content_id, image_keys
+from sam_core.wire.images import EncodedImage, encoded_file, encoder_input, read_image
+from sam_core.wire.url_fetch import fetch_url
 
 
 class NewImages:
@@ -29,6 +31,7 @@ class NewImages:
         self.cache = cache
         self.settings = settings
         self.flights = SingleFlight(cache, lock_ttl_s=settings.embed_lock_ttl_s, wait_s=settings.embed_wait_s)
+        self.url_fetches = asyncio.Semaphore(settings.images.max_url_fetches)
 
     async def read(self, request: Any) -> EncodedImage:
         """The request's image bytes and their hash (base64 decoding or the URL fetch, off the loop); any
@@ -36,18 +39,36 @@ class NewImages:
         if request.image is None:
             raise InvalidInput("send the image (or an image_id whose embedding is cached)", field="image")
         image = request.image
+        if image.type == "url" and isinstance(image.value, str):
+            # Awaited here, not on the image thread: a slow server holds a slot, never the thread others decode on.
+            limits = self.settings.images
+            data = await fetch_url(image.value, limits, field="image.value", slots=self.url_fetches)
+            return await off_loop(encoded_file, data, "image.value", pool="image")
         return await off_loop(read_image, image.type, image.value, self.settings.images, field="image", pool="image")
 
-    async def warm(self, model: str, request: Any) -> tuple[str, bool]:
-        """The image's cache key (its `image_id`, else the hash of its bytes) and whether `model`'s embedding of
-        it was cached (from the entry's header alone); when it was not, one encoder run of it puts it there."""
+    async def keyed(self, request: Any, tenant: str) -> tuple[ImageKeys, EncodedImage | None]:
+        """Where the request's image lives for `tenant`, and the image read and hashed when it sent one.
+
+        The bytes sent win over the id: the caller asks for an entry of their content (`content_id`), so an id
+        that holds another image is embedded again from them and re-pointed (single flight overwrites it).
+        """
+        if request.image is None:
+            return image_keys(tenant, request.image_id), None
+        # The hash of the bytes as sent, before any decode: a repeat image costs no decode.
         encoded = await self.read(request)
         check_content_id(request.image_id, encoded.content_id)
-        key = request.image_id or encoded.content_id
-        if await self.cache.has_embedding(await self.models.model_id(model), key, encoded.content_id):
-            return key, True
-        await self.embed_once(model, key, encoded, {}, inline=False)
-        return key, False
+        return image_keys(tenant, request.image_id, encoded.content_id), encoded
+
+    async def warm(self, model: str, request: Any, tenant: str) -> tuple[str, bool]:
+        """The image's id (its `image_id`, else the hash of its bytes) and whether `model`'s embedding of it was
+        cached (from the entry's header alone); when it was not, one encoder run of it puts it there."""
+        keys, encoded = await self.keyed(request, tenant)
+        if encoded is None:
+            encoded = await self.read(request)  # refused: warming needs the image
+        if await self.cache.has_embedding(await self.models.model_id(model), keys.cache_key, encoded.content_id):
+            return keys.reply_id, True
+        await self.embed_once(model, keys.cache_key, encoded, {}, inline=False)
+        return keys.reply_id, False
 
     async def encoder_input(self, encoded: EncodedImage) -> EncoderInput:
         """The image decoded and resized to the encoder's input frame (off the loop, on the image thread): only
@@ -98,13 +119,14 @@ class NewImages:
                 embedding = await embed()
         return embedding, source
 
-    async def probably_cached(self, model: str, cache_key: str) -> bool:
-        """Whether the shared cache holds this image's embedding (its header only); False when it cannot say.
+    async def probably_cached(self, model: str, cache_key: str, content_id: str = "") -> bool:
+        """Whether the shared cache holds this image's embedding (its header only; of the image `content_id` when
+        given); False when it cannot say.
 
         Only a hint: an entry evicted after this check is a CacheMiss from the decoder, handled as before. With
         the cache down, the image in hand is the way that works, so it goes to the encoder.
         """
         try:
-            return await self.cache.has_embedding(await self.models.model_id(model), cache_key)
+            return await self.cache.has_embedding(await self.models.model_id(model), cache_key, content_id)
         except CacheUnavailable:
             return False

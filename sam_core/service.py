@@ -222,14 +222,16 @@ class DecoderService:
         if embedding is None:
             if job.cache_key is None:
                 raise InvalidInput("send image, image_id or embeddings", field="image")
-            embedding, cached_logits = await self.cache.get_all(model_id, job.cache_key, with_logits=wants_cached_mask)
+            embedding, cached_logits = await self.cache.get_all(
+                model_id, job.cache_key, with_logits=wants_cached_mask, logits_id=job.logits_key
+            )
             if embedding is None:
                 raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
             if not same_content(embedding.content_id, job.content_id):
                 raise CacheMiss("the image_id's cached embedding is of another image", field="image_id")
-        elif wants_cached_mask and job.cache_key is not None:
+        elif wants_cached_mask and (logits_key := _logits_key(job)) is not None:
             try:
-                cached_logits = await self.cache.get_low_res_logits(model_id, job.cache_key)
+                cached_logits = await self.cache.get_low_res_logits(model_id, logits_key)
             except CacheUnavailable:
                 cached_logits = None
         if not job.has_mask_input:
@@ -314,17 +316,18 @@ class DecoderService:
 
     async def remember(self, job: SegmentJob, output: DecoderOutput) -> None:
         """Cache the best mask's low-res logits for the next click's `use_mask_input_cache`."""
-        if job.cache_key is None:
+        key = _logits_key(job)
+        if key is None:
             return
         best = int(np.argmax(output.iou_scores))
         logits = output.low_res_logits[best].reshape(MASK_INPUT_SHAPE)
         try:
-            await self.cache.put_low_res_logits(self.identity.model_id, job.cache_key, logits)
+            await self.cache.put_low_res_logits(self.identity.model_id, key, logits)
         except CacheUnavailable:
             log.warning(
                 "low-res logits not cached: model=%s image=%s",
                 self.identity.model_id,
-                image_id_hash(job.cache_key),
+                image_id_hash(key),
             )
 
     async def segment(self, job: SegmentJob, executor: Executor | None = None) -> SegmentResult:
@@ -368,3 +371,8 @@ class DecoderService:
         decoded = time.perf_counter()
         encoded = encode_masks(output.masks, output.low_res_logits, output.iou_scores, job.format)
         return output, encoded, decoded - started, time.perf_counter() - decoded
+
+
+def _logits_key(job: SegmentJob) -> str | None:
+    """Where the job's low-res logits live: the requester's own key, else the embedding's."""
+    return job.logits_key or job.cache_key

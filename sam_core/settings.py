@@ -40,7 +40,14 @@ class ImageLimits(BaseSettings):
         default=("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"), description="PIL format names accepted"
     )
     allow_url: bool = Field(default=False, description="fetch http(s) image URLs (off: SSRF risk)")
-    url_timeout_s: float = Field(default=10.0, gt=0)
+    url_timeout_s: float = Field(
+        default=10.0, gt=0, description="one deadline per URL fetch: DNS, connect, headers, body and redirects"
+    )
+    max_url_fetches: int = Field(
+        default=8,
+        gt=0,
+        description="URL fetches one ingress replica runs at once (the rest wait, within their deadline)",
+    )
     allow_private_urls: bool = Field(
         default=False, description="allow URLs resolving to private/loopback addresses (tests only)"
     )
@@ -131,6 +138,12 @@ class Settings(BaseSettings):
         description="per decoder replica: decoded embeddings kept locally (4 MiB each), checked against the "
         "shared cache by an 8-byte tag on every click; 0 = read every embedding in full",
     )
+    everything_max_points: int = Field(
+        default=16_384,
+        gt=0,
+        description="segment everything: most point prompts one run decodes (points_per_side^2 over every crop "
+        "layer's crops), refused up front with a 422 naming points_per_side; the default is one 128x128 grid",
+    )
     everything_max_batch_bytes: int = Field(
         default=4 * 1024**3,
         ge=64 * 1024**2,
@@ -172,7 +185,30 @@ class Settings(BaseSettings):
         "page answers 404 naming this setting when the folder is missing",
     )
     auth_token: SecretStr | None = Field(
-        default=None, description="when set, /sam/* routes require `Authorization: Bearer <token>`"
+        default=None,
+        description="when set, /sam/* routes require `Authorization: Bearer <token>` (the one-tenant form: the "
+        "token of tenant `default`)",
+    )
+    auth_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="tenants: name -> bearer token (SAM_AUTH_TOKENS as a JSON object); each tenant's image_ids and "
+        "low-res logits live apart, another tenant's id is a 404",
+    )
+    auth_tokens_file: Path | None = Field(
+        default=None,
+        description="a JSON object file of tenant -> token, read when a replica starts (a mounted Kubernetes "
+        "Secret); merged with auth_tokens",
+    )
+    auth_required: bool = Field(
+        default=False,
+        description="refuse to start (a clear error) when no token is configured: a cluster whose token Secret "
+        "is empty fails loudly instead of serving everyone",
+    )
+    tenant_max_in_flight: int = Field(
+        default=32,
+        gt=0,
+        description="with auth on: most requests one tenant may have in flight on one ingress replica (more: "
+        "429 with Retry-After)",
     )
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES, gt=0, description="largest HTTP request body (base64 images, embeddings)"

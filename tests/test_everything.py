@@ -33,8 +33,10 @@ from sam_core.model.encoder import ImageEncoder
 from sam_core.model.everything import (
     GenerationCancelled,
     check_options,
+    check_work,
     crop_boxes,
     generate_everything,
+    points_to_decode,
     total_points,
 )
 from sam_core.wire.everything import SegmentEverythingRequest, SegmentEverythingResponse
@@ -155,6 +157,29 @@ def test_settings_the_generator_cannot_run_are_refused() -> None:
     with pytest.raises(InvalidInput) as no_points:
         check_options(SIZE, EverythingOptions(points_per_side=4, crop_n_layers=2, crop_n_points_downscale_factor=4))
     assert no_points.value.field == "crop_n_points_downscale_factor"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        EverythingOptions(),
+        EverythingOptions(points_per_side=16, crop_n_layers=1, crop_n_points_downscale_factor=2),
+        EverythingOptions(points_per_side=9, crop_n_layers=2, crop_n_points_downscale_factor=2),
+        EverythingOptions(points_per_side=128, crop_n_layers=2),
+    ],
+)
+def test_the_decodes_counted_up_front_are_the_generators(options: EverythingOptions) -> None:
+    """Counted without the image: the same as segment_anything's crops give on images of any shape."""
+    for size in [(48, 64), (1500, 2250), (4000, 300)]:
+        assert points_to_decode(options) == total_points(size, options)
+
+
+def test_a_run_of_more_decodes_than_the_cap_is_refused_naming_points_per_side() -> None:
+    check_work(EverythingOptions(points_per_side=128), 16_384)
+    with pytest.raises(InvalidInput) as refused:
+        check_work(EverythingOptions(points_per_side=128, crop_n_layers=1), 16_384)
+    assert refused.value.field == "points_per_side"
+    assert "81920 decodes (at most 16384" in refused.value.reason
 
 
 # ---- over HTTP and handles ----------------------------------------------------------------------------

@@ -69,9 +69,16 @@ class EmbeddingCache(abc.ABC):
         return found is not None and same_content(found, content_id)
 
     async def put_embedding(self, model_id: str, image_id: str, embedding: ImageEmbedding) -> int:
-        """Store an embedding; returns the bytes stored (0 if the memory backend cannot hold it)."""
+        """Store an embedding; returns the bytes stored (0 if the memory backend cannot hold it).
+
+        The id's low-res logits are dropped with it: they were a mask of the image it held before.
+        """
         key = cache_key(model_id, image_id, KIND_EMBEDDING)
-        return await self._guarded("put", model_id, image_id, self._store(key, encode_embedding(embedding)))
+        stored = await self._guarded("put", model_id, image_id, self._store(key, encode_embedding(embedding)))
+        await self._guarded(
+            "put", model_id, image_id, self._remove([cache_key(model_id, image_id, KIND_LOW_RES_LOGITS)])
+        )
+        return stored
 
     async def get_low_res_logits(self, model_id: str, image_id: str) -> np.ndarray | None:
         """The cached (1, 1, 256, 256) float32 low-res logits, or None. Reading refreshes their TTL."""
@@ -85,21 +92,24 @@ class EmbeddingCache(abc.ABC):
         return await self._guarded("put", model_id, image_id, self._store(key, payload))
 
     async def get_all(
-        self, model_id: str, image_id: str, *, with_logits: bool = True
+        self, model_id: str, image_id: str, *, with_logits: bool = True, logits_id: str | None = None
     ) -> tuple[ImageEmbedding | None, np.ndarray | None]:
         """Embedding and low-res logits in one round trip (what the decoder needs per click).
 
-        `with_logits=False` skips the logits (None) for a click that does not feed them back.
+        `with_logits=False` skips the logits (None) for a click that does not feed them back; `logits_id`: the
+        logits' own id when it is not `image_id` (a tenant's logits on a shared content entry).
         """
-        _, embedding, logits = await self._read_in_full(model_id, image_id, with_logits=with_logits)
+        _, embedding, logits = await self._read_in_full(
+            model_id, image_id, with_logits=with_logits, logits_id=logits_id
+        )
         return embedding, logits
 
     async def _read_in_full(
-        self, model_id: str, image_id: str, *, with_logits: bool
+        self, model_id: str, image_id: str, *, with_logits: bool, logits_id: str | None = None
     ) -> tuple[bytes | None, ImageEmbedding | None, np.ndarray | None]:
         """`get_all`, with the embedding's payload as read (for its write tag)."""
         kinds = KINDS if with_logits else (KIND_EMBEDDING,)
-        payload, *rest = await self._read("get_all", model_id, image_id, kinds)
+        payload, *rest = await self._read("get_all", model_id, image_id, kinds, logits_id=logits_id)
         embedding = self._decoded(decode_embedding, payload, model_id, image_id, KIND_EMBEDDING)
         return payload, embedding, self._decoded_logits(rest, model_id, image_id)
 
@@ -187,9 +197,20 @@ class EmbeddingCache(abc.ABC):
             raise
 
     async def _read(
-        self, op: str, model_id: str, image_id: str, kinds: Sequence[str], *, head_only: str | None = None
+        self,
+        op: str,
+        model_id: str,
+        image_id: str,
+        kinds: Sequence[str],
+        *,
+        head_only: str | None = None,
+        logits_id: str | None = None,
     ) -> list[bytes | None]:
-        keys = [cache_key(model_id, image_id, kind) for kind in kinds]
+        """The payloads of `image_id`'s `kinds` in one round trip (the logits under `logits_id` when given)."""
+        keys = [
+            cache_key(model_id, logits_id if logits_id and kind == KIND_LOW_RES_LOGITS else image_id, kind)
+            for kind in kinds
+        ]
         if head_only is None:
             fetch = self._fetch(keys)
         else:

@@ -77,13 +77,15 @@ class LocallyCopiedCache(EmbeddingCache):
         self.shared = inner.shared
 
     async def get_all(
-        self, model_id: str, image_id: str, *, with_logits: bool = True
+        self, model_id: str, image_id: str, *, with_logits: bool = True, logits_id: str | None = None
     ) -> tuple[ImageEmbedding | None, np.ndarray | None]:
         key = cache_key(model_id, image_id, KIND_EMBEDDING)
         local = self.copies.get(key)
         if local is not None:
             kinds = KINDS if with_logits else (KIND_EMBEDDING,)
-            head, *rest = await self._read("get_all", model_id, image_id, kinds, head_only=KIND_EMBEDDING)
+            head, *rest = await self._read(
+                "get_all", model_id, image_id, kinds, head_only=KIND_EMBEDDING, logits_id=logits_id
+            )
             logits = self._decoded_logits(rest, model_id, image_id)
             if head is not None and write_tag(head) == local[0]:
                 self._observe(model_id, KIND_EMBEDDING, "hit")
@@ -93,7 +95,9 @@ class LocallyCopiedCache(EmbeddingCache):
                 self._observe(model_id, KIND_EMBEDDING, "miss")
                 return None, logits
             # Embedded again since this copy was read: read the new value in full below.
-        payload, embedding, logits = await self._read_in_full(model_id, image_id, with_logits=with_logits)
+        payload, embedding, logits = await self._read_in_full(
+            model_id, image_id, with_logits=with_logits, logits_id=logits_id
+        )
         tag = write_tag(payload) if payload is not None else None
         if embedding is not None and tag is not None:
             self.copies.put(key, tag, embedding)

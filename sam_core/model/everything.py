@@ -53,6 +53,23 @@ def total_points(original_size: tuple[int, int], options: EverythingOptions) -> 
     return sum(per_layer[layer] for layer in layers)
 
 
+def points_to_decode(options: EverythingOptions) -> int:
+    """The point prompts a run decodes, known before the image: layer n has 4^n crops of points_per_side_at(n)^2
+    points each (`generate_crop_boxes` splits layer n into 2^n x 2^n crops, whatever the image's size)."""
+    return sum(4**layer * options.points_per_side_at(layer) ** 2 for layer in range(options.crop_n_layers + 1))
+
+
+def check_work(options: EverythingOptions, max_points: int) -> None:
+    """Refuse, before anything is embedded, a run of more than `max_points` decodes (points x crop layers)."""
+    points = points_to_decode(options)
+    if points > max_points:
+        raise InvalidInput(
+            f"points_per_side {options.points_per_side} over crop_n_layers {options.crop_n_layers} is {points} "
+            f"decodes (at most {max_points}, everything_max_points): use fewer points or crop layers",
+            field="points_per_side",
+        )
+
+
 def check_grid(options: EverythingOptions) -> None:
     """Refuse a crop layer left without points (before anything is embedded)."""
     if options.deepest_points_per_side() < 1:

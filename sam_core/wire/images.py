@@ -297,12 +297,16 @@ def read_image(kind: str, value: object, limits: ImageLimits, *, field: str = "i
             f"an image of type {kind!r} needs a string value, got {type(value).__name__}", field=value_field
         )
     if kind == "url":
-        data = fetch_url_bytes(value, limits, field=value_field)
-    else:
-        data = _decode_base64(value, limits, value_field)
+        return encoded_file(fetch_url_bytes(value, limits, field=value_field), value_field)
+    data = _decode_base64(value, limits, value_field)
     return EncodedImage(
         data=data, content_sha256=_sha256(data), kind=NPY_FORMAT if kind == "numpy" else FILE_KIND, field=value_field
     )
+
+
+def encoded_file(data: bytes, field: str) -> EncodedImage:
+    """An image file's bytes as fetched (a URL's body) and their hash, not yet decoded."""
+    return EncodedImage(data=data, content_sha256=_sha256(data), kind=FILE_KIND, field=field)
 
 
 def decode_image(encoded: EncodedImage, limits: ImageLimits) -> LoadedImage:

@@ -16,7 +16,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from sam_core.embedding import ImageEmbedding
-from sam_core.errors import InvalidInput
 from sam_core.settings import MODEL_ID_PATTERN
 
 EMBED_ROUTE = "/sam/embed_image"
@@ -27,12 +26,6 @@ MODELS_ROUTE = "/sam/models"
 
 MAX_IMAGE_ID_LENGTH = 256
 
-CONTENT_ID_PREFIX = "sha256:"
-"""Ids the service writes itself: the hex sha256 of an image's bytes. A client may name one to read that entry,
-or send it with the very bytes it is the hash of; never with other bytes or its own embedding."""
-
-RESERVED_ID_PREFIXES = ("labelstudio:",)
-"""Ids only the service's own wings use (the Label Studio backend keys task images by URL): refused from clients."""
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 _COORDINATE_LIMIT = 1e9
@@ -93,34 +86,6 @@ class _SeedFields(BaseModel):
         if _CONTROL_CHARACTERS.search(value):
             raise ValueError("must not contain control characters")
         return value
-
-
-def check_client_image_id(image_id: str | None) -> None:
-    """Refuse an HTTP client's `image_id` in a namespace the service writes itself (422 naming `image_id`).
-
-    Checked at the HTTP routes, not in the model: the service's own wings build requests with these ids.
-    """
-    if image_id is not None and image_id.startswith(RESERVED_ID_PREFIXES):
-        prefix = image_id.split(":", 1)[0] + ":"
-        raise InvalidInput(f"ids under {prefix!r} are the service's own: choose another image_id", field="image_id")
-
-
-def check_content_id(image_id: str | None, content_id: str | None, *, has_embeddings: bool = False) -> None:
-    """A `sha256:` image_id names the content hash of the image sent with it, and is never written from a client's
-    embedding: otherwise one client could put an image's masks under another image's hash (422 naming `image_id`)."""
-    if image_id is None or not image_id.startswith(CONTENT_ID_PREFIX):
-        return
-    if has_embeddings:
-        raise InvalidInput(
-            "a sha256: id names an image the service hashed itself: send embeddings with an id of your own, or none",
-            field="image_id",
-        )
-    if content_id is not None and content_id != image_id:
-        raise InvalidInput(
-            "a sha256: id must be the sha256 of the image bytes sent with it: send the image without image_id, "
-            "or under an id of your own",
-            field="image_id",
-        )
 
 
 class EmbedImageRequest(_SeedFields):
@@ -307,6 +272,8 @@ class SegmentJob:
     format: str = "json"
     prompts: list[JobPrompt] | None = None
     """Several prompts, answered in order (then the single-prompt fields above are unused)."""
+    logits_key: str | None = None
+    """Where the low-res logits of this image are the requester's own (its tenant's); None: under `cache_key`."""
     content_id: str = ""
     """When set, a cached embedding is used only if it is of this image (`ImageEmbedding.content_id`): a
     request that waited for another replica's run of its image must not decode another image put under the

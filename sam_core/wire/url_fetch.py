@@ -1,12 +1,16 @@
 """Image URLs fetched server-side, guarded against SSRF: every hop's addresses checked, the connection pinned
-to a checked address, the body bounded by `max_bytes` and the time by `url_timeout_s`.
+to a checked address, the body bounded by `max_bytes`, and the whole fetch (DNS, connect, headers, body, every
+redirect) by one deadline, `url_timeout_s`: a server that trickles its headers a byte a second is cut off there.
+
+One implementation, asynchronous (`fetch_url`): the ingress awaits it on its event loop, so a slow server holds
+no thread; `fetch_url_bytes` runs it for callers on a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
-import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -26,6 +30,13 @@ _METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddr
 
 
 def fetch_url_bytes(url: str, limits: ImageLimits, *, field: str = "image.value") -> bytes:
+    """`fetch_url` for a caller without a running event loop (a worker thread)."""
+    return asyncio.run(fetch_url(url, limits, field=field))
+
+
+async def fetch_url(
+    url: str, limits: ImageLimits, *, field: str = "image.value", slots: asyncio.Semaphore | None = None
+) -> bytes:
     """Fetch an http(s) image URL's bytes (at most `max_bytes`), guarding against SSRF.
 
     Each hop (at most 3 redirects, followed by hand) has its host resolved and every address checked:
@@ -33,20 +44,38 @@ def fetch_url_bytes(url: str, limits: ImageLimits, *, field: str = "image.value"
     `limits.allow_private_urls`; cloud-metadata, multicast and unspecified addresses always are. The
     connection goes to a checked address (the URL's host is kept for the Host header and TLS SNI/certificate
     checks), so DNS cannot be rebound between check and connect. Environment proxies are ignored (they would
-    bypass the address check). `url_timeout_s` bounds each network step and, roughly, the whole download;
-    DNS resolution uses the system resolver's own timeout.
+    bypass the address check). `url_timeout_s` is one deadline over all of it: name resolution, connects,
+    headers and body of every hop, and the wait for one of `slots` (the fetches a process runs at once).
     """
     if not limits.allow_url:
         raise URLInputRefused(
             "URL input is disabled on this server (SAM_IMAGE_ALLOW_URL); send the image as base64",
             field=field,
         )
-    deadline = time.monotonic() + limits.url_timeout_s
+    host = urlsplit(url.strip()).hostname or "the URL"
+    try:
+        return await asyncio.wait_for(_fetch_in_slot(url, limits, field, slots), limits.url_timeout_s)
+    except asyncio.TimeoutError:  # builtin TimeoutError from 3.11; its own class on 3.10
+        raise URLFetchError(
+            f"{host!r} did not send the image within {limits.url_timeout_s} s (DNS, connect, headers and body)",
+            field=field,
+        ) from None
+
+
+async def _fetch_in_slot(url: str, limits: ImageLimits, field: str, slots: asyncio.Semaphore | None) -> bytes:
+    if slots is None:
+        return await _fetch_following_redirects(url, limits, field)
+    async with slots:
+        return await _fetch_following_redirects(url, limits, field)
+
+
+async def _fetch_following_redirects(url: str, limits: ImageLimits, field: str) -> bytes:
     current = url
-    with httpx.Client(timeout=httpx.Timeout(limits.url_timeout_s), follow_redirects=False, trust_env=False) as client:
+    timeout = httpx.Timeout(limits.url_timeout_s)
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
         for _hop in range(MAX_REDIRECTS + 1):
-            target = _checked_target(current, limits, field)
-            outcome = _fetch_pinned(client, target, limits, field, deadline)
+            target = await _checked_target(current, limits, field)
+            outcome = await _fetch_pinned(client, target, limits, field)
             if isinstance(outcome, bytes):
                 return outcome
             current = urljoin(current, outcome)  # relative to the URL as named, not its address
@@ -62,7 +91,7 @@ class _Target:
     pinned_urls: tuple[str, ...]
 
 
-def _checked_target(url: str, limits: ImageLimits, field: str) -> _Target:
+async def _checked_target(url: str, limits: ImageLimits, field: str) -> _Target:
     try:
         parts = urlsplit(url.strip())
         scheme = parts.scheme.lower()
@@ -75,7 +104,7 @@ def _checked_target(url: str, limits: ImageLimits, field: str) -> _Target:
     if not host:
         raise InvalidInput("the URL has no host", field=field)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     except (OSError, UnicodeError, ValueError) as exc:  # gaierror is an OSError
         raise URLFetchError(f"could not resolve host {host!r}", field=field) from exc
@@ -119,21 +148,19 @@ def _refused_address_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address
     return next((kind for refused, kind in checks if refused), None)
 
 
-def _fetch_pinned(
-    client: httpx.Client, target: _Target, limits: ImageLimits, field: str, deadline: float
-) -> bytes | str:
+async def _fetch_pinned(client: httpx.AsyncClient, target: _Target, limits: ImageLimits, field: str) -> bytes | str:
     """Try the checked addresses in order (dual-stack hosts); only a failed connect moves to the next."""
     for index, pinned_url in enumerate(target.pinned_urls):
         try:
-            return _fetch_once(client, pinned_url, target, limits, field, deadline)
+            return await _fetch_once(client, pinned_url, target, limits, field)
         except httpx.ConnectError as exc:
             if index == len(target.pinned_urls) - 1:
                 raise URLFetchError(f"could not connect to {target.host!r} ({exc})", field=field) from exc
     raise AssertionError("a _Target always has at least one address")
 
 
-def _fetch_once(
-    client: httpx.Client, pinned_url: str, target: _Target, limits: ImageLimits, field: str, deadline: float
+async def _fetch_once(
+    client: httpx.AsyncClient, pinned_url: str, target: _Target, limits: ImageLimits, field: str
 ) -> bytes | str:
     """The body of a 2xx response, or the Location of a redirect; anything else raises.
 
@@ -142,7 +169,8 @@ def _fetch_once(
     """
     headers = {"Host": target.host_header, "Accept": "image/*", "Accept-Encoding": "identity"}
     try:
-        with client.stream("GET", pinned_url, headers=headers, extensions={"sni_hostname": target.host}) as response:
+        stream = client.stream("GET", pinned_url, headers=headers, extensions={"sni_hostname": target.host})
+        async with stream as response:
             if response.status_code in _REDIRECT_STATUSES:
                 location = response.headers.get("location")
                 if not location:
@@ -157,13 +185,11 @@ def _fetch_once(
             if declared is not None and declared.isdigit():
                 check_byte_count(int(declared), limits, field)
             body = bytearray()
-            for chunk in response.iter_bytes():
+            async for chunk in response.aiter_bytes():
                 body += chunk
                 # Stop as soon as the limit is passed: a lying or absent Content-Length must not make us
                 # buffer an unbounded body.
                 check_byte_count(len(body), limits, field)
-                if time.monotonic() > deadline:
-                    raise URLFetchError(f"the download took longer than {limits.url_timeout_s} s", field=field)
             return bytes(body)
     except httpx.ConnectError:
         raise  # the caller may try the host's next address
