@@ -41,6 +41,8 @@ APP = "applications[sam]"
 # The only places where the RayService's serveConfigV2 may differ from serve_config.yaml, and why.
 PRODUCTION_OVERRIDES: dict[str, str] = {
     f"{APP}.args.redis_url": "the in-cluster Redis Service (k8s/redis.yaml); SAM_REDIS_URL from a Secret wins",
+    f"{APP}.args.auth_tokens_file": "tenant tokens from the sam-auth Secret (k8s/make-secrets.sh)",
+    f"{APP}.args.auth_required": "auth on by default: a replica refuses to start with no token",
     f"{APP}.args.encoder_dtype": "bfloat16 autocast on the GPU",
     f"{APP}.args.cache_dir": "the shared models volume the initContainers fill",
     f"{APP}.deployments[SamIngress].ray_actor_options.num_cpus": "the head offers 0 Ray CPUs",
