@@ -17,10 +17,11 @@ from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
 from deployments.memory import resident_bytes
 from deployments.multiplex import ReplicaModels
 from sam_core.cache import LocallyCopiedCache
+from sam_core.cache.configured import decoder_cache
 from sam_core.everything_service import EverythingService
 from sam_core.model.build import ModelIdentity
 from sam_core.model.decoder import DecoderGraph
-from sam_core.service import DecoderService, decoder_cache
+from sam_core.service import DecoderService
 from sam_core.settings import Settings
 from sam_core.wire.everything import EverythingJob
 from sam_core.wire.schemas import SegmentJob, SegmentResult

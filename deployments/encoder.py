@@ -16,9 +16,10 @@ from deployments import metrics
 from deployments.memory import resident_bytes
 from deployments.multiplex import ReplicaModels
 from sam_core.cache import KIND_EMBEDDING
+from sam_core.cache.configured import cache_from_settings
 from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.model.encoder import DEFAULT_MAX_BATCH_SIZE
-from sam_core.service import EncoderService, cache_from_settings
+from sam_core.service import EncoderService
 from sam_core.settings import Settings
 
 log = logging.getLogger("ray.serve")

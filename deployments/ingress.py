@@ -14,26 +14,25 @@ from typing import Any
 import orjson
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments import everything, labelstudio, metrics
+from deployments.api import make_api
 from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
 from deployments.decoder_file import ONNX_MEDIA_TYPE, DecoderFiles
-from deployments.http_errors import ERROR_RESPONSES, install_error_handlers
-from deployments.limits import BearerAuth, BodySizeLimit, TenantLimit, tenant_of
+from deployments.http_errors import ERROR_RESPONSES
+from deployments.limits import configure_guards, tenant_of
 from deployments.models import ServedModels
 from deployments.new_images import NewImages
-from deployments.off_loop import OffLoopJSONRoute, off_loop
+from deployments.off_loop import off_loop
 from deployments.ui import UI_PREFIX, VENDOR_PREFIX, UiFiles, embedding_headers, redirect_to_page
+from sam_core.cache.configured import cache_from_settings
 from sam_core.embedding import same_content
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded
-from sam_core.service import cache_from_settings
 from sam_core.settings import MODEL_ID_PATTERN, Settings
-from sam_core.tenants import tenant_tokens
 from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingRequest, SegmentEverythingResponse
 from sam_core.wire.image_ids import DEFAULT_TENANT, check_client_image_id, check_content_id, image_keys
 from sam_core.wire.images import EncodedImage
@@ -59,22 +58,7 @@ from sam_core.wire.schemas import (
 log = logging.getLogger("ray.serve")
 
 
-# FastAPIOffline: FastAPI with Swagger UI's and ReDoc's assets served from the installed package, so /docs
-# works on a cluster without internet access.
-api = FastAPIOffline(
-    title="sam-serve",
-    description="Segment Anything on Ray Serve: cached image embeddings, prompts answered by any decoder replica.",
-    version="0.1.0",
-)
-api.router.route_class = OffLoopJSONRoute
-install_error_handlers(api)
-api.include_router(labelstudio.router)
-api.include_router(labelstudio.model_router)
-
-
-api.add_middleware(BodySizeLimit)
-api.add_middleware(TenantLimit)
-api.add_middleware(BearerAuth)
+api = make_api()
 
 
 @serve.deployment(
@@ -96,14 +80,7 @@ class SamIngress:
         self.decoder_files = DecoderFiles(self.models)
         self.ui_files = UiFiles(settings.ui_dir)
         api.state.labelstudio = labelstudio.LabelStudioBackend(self, settings)
-        BodySizeLimit.max_bytes = settings.max_body_bytes
-        BearerAuth.tokens = tenant_tokens(settings)
-        if settings.auth_required and not BearerAuth.tokens:
-            raise ValueError(
-                "auth_required is true but no token is configured: set auth_token, auth_tokens "
-                "(SAM_AUTH_TOKENS) or auth_tokens_file (k8s: fill the sam-auth Secret, k8s/make-secrets.sh)"
-            )
-        TenantLimit.max_in_flight = settings.tenant_max_in_flight if BearerAuth.tokens else None
+        configure_guards(settings)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
 
     # ---- shared by HTTP and handle calls ----------------------------------------------------------------

@@ -15,9 +15,10 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 import numpy as np
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
 PREFIX = "/labelstudio"
 MODEL_CLASS = "SamServe"
 CLOUD_SCHEMES = ("s3://", "gs://", "azure-blob://")
+DATA_PATHS = re.compile(
+    r"^/(data/upload/|data/local-files/|storage-data/uploaded/|(tasks|projects)/\d+/(resolve|presign)/)"
+)
+"""The Label Studio paths that serve task data (uploads, local files, storage proxies): the only ones fetched
+with its token, so a task cannot make the backend read Label Studio's API with it."""
 
 router = APIRouter(
     prefix=PREFIX, tags=["Label Studio ML backend"], responses=ERROR_RESPONSES, route_class=OffLoopJSONRoute
@@ -83,7 +89,10 @@ class LabelStudioBackend:
         return f"sam-serve-{await self.ingress.models.model_id(model)}"
 
     def remember_setup(self, setup: SetupRequest) -> None:
-        """The token `/setup` sends is used only for the configured host (a request can never add one)."""
+        """The token `/setup` sends is used only when the operator allowed it, and only for the configured host
+        (a request can never add one)."""
+        if not self.settings.labelstudio_accept_setup_token:
+            return
         if setup.access_token and setup.hostname and self.host and _origin(setup.hostname) == _origin(self.host):
             self.setup_token = setup.access_token
 
@@ -134,11 +143,13 @@ class LabelStudioBackend:
                     "a Label Studio file path: set labelstudio_url (SAM_LABELSTUDIO_URL) to the Label Studio server",
                     field="tasks.0.data",
                 )
-            return urljoin(self.host + "/", url)
-        if not url.startswith(("http://", "https://")):
+            url = urljoin(self.host + "/", url)
+        elif not url.startswith(("http://", "https://")):
             raise InvalidInput(
                 f"an http(s) image URL or a Label Studio path is needed, got {url[:80]!r}", field="tasks.0.data"
             )
+        if self.host and _origin(url) == _origin(self.host):
+            _check_data_path(url)
         return url
 
     async def _image(self, url: str) -> dict[str, str]:
@@ -152,9 +163,16 @@ class LabelStudioBackend:
                 httpx.AsyncClient(timeout=self.settings.images.url_timeout_s, trust_env=False) as client,
                 client.stream("GET", url, headers=headers) as response,
             ):
+                location = response.headers.get("location")
+                if response.is_redirect and location:
+                    # A storage proxy's presigned URL: fetched elsewhere, without the token, by the URL rules.
+                    target = urljoin(url, location)
+                    if _origin(target) != _origin(self.host):
+                        return {"type": "url", "value": target}
                 if response.status_code in (401, 403):
                     raise URLInputRefused(
-                        f"Label Studio refused the token ({response.status_code}): set labelstudio_token",
+                        f"Label Studio refused the token ({response.status_code}): set labelstudio_token"
+                        + ("" if headers else " (or labelstudio_accept_setup_token, to use the one /setup sends)"),
                         field="tasks.0.data",
                     )
                 if response.status_code != 200:
@@ -189,6 +207,20 @@ class LabelStudioBackend:
                 access = str(response.json()["access"])
                 self._access = (access, _jwt_expiry(access))
             return {"Authorization": f"Bearer {self._access[0]}"}
+
+
+def _check_data_path(url: str) -> None:
+    """A URL on the Label Studio host must name one of its data paths, with no dot segments or encoded slashes
+    that a server could resolve to another path."""
+    raw = urlsplit(url).path
+    path = unquote(raw)
+    segments = path.split("/")
+    if "\\" in path or ".." in segments or "." in segments or "%2f" in raw.lower() or not DATA_PATHS.match(path):
+        raise InvalidInput(
+            f"{path[:80]!r} is not under Label Studio's data paths (/data/upload/, /data/local-files/, "
+            "/storage-data/uploaded/, /tasks/<id>/resolve/): only those are fetched with its token",
+            field="tasks.0.data",
+        )
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -18,7 +18,8 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments import metrics
-from sam_core.settings import DEFAULT_MAX_BODY_BYTES
+from sam_core.settings import DEFAULT_MAX_BODY_BYTES, Settings
+from sam_core.tenants import backend_credential, require_tokens, tenant_tokens
 from sam_core.wire.image_ids import DEFAULT_TENANT
 
 
@@ -71,6 +72,10 @@ class BodySizeLimit:
         await send_error(send, 413, "BodyTooLarge", f"request body exceeds {self.max_bytes} bytes")
 
 
+LABELSTUDIO_TENANT = "labelstudio"
+"""The tenant Label Studio's own credential authenticates as (metrics, the in-flight bound)."""
+
+
 class BearerAuth:
     """Requires `Authorization: Bearer <token>` on every route but the probes and docs, when tokens are set, and
     tells the routes whose token it was: the tenant, in `scope["state"]["tenant"]`.
@@ -89,6 +94,9 @@ class BearerAuth:
 
     basic_prefixes = ("/labelstudio/",)
     """Routes that also take the token as an HTTP Basic password (Label Studio's ML backend calls)."""
+    labelstudio_password: ClassVar[bytes | None] = None
+    """Label Studio's own credential (`labelstudio_backend_password`): when set, the only one `basic_prefixes`
+    take (as Basic password or bearer), whatever the tenant tokens; its requests are tenant `labelstudio`'s."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -96,15 +104,25 @@ class BearerAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         tokens = self.tokens
         path = _path(scope)
-        if tokens and scope["type"] not in ("http", "lifespan"):
+        if (tokens or self.labelstudio_password) and scope["type"] not in ("http", "lifespan"):
             # No route takes a websocket (or any other scope): with auth on, none may pass unchecked.
             await _refuse_connection(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        backend = self.labelstudio_password
+        if backend is not None and scope["type"] == "http" and path.startswith(self.basic_prefixes):
+            password = _basic_password(given.strip()) if scheme.lower() == b"basic" else given.strip()
+            if scheme.lower() not in (b"basic", b"bearer") or not hmac.compare_digest(password, backend):
+                reason = "missing or wrong Label Studio credential (labelstudio_backend_password)"
+                await send_error(send, 401, "Unauthorized", reason, field="Authorization")
+                return
+            scope.setdefault("state", {})["tenant"] = LABELSTUDIO_TENANT
+            await self.app(scope, receive, send)
             return
         if not tokens or scope["type"] != "http" or path in self.open_paths or path.startswith(self.open_prefixes):
             await self.app(scope, receive, send)
             return
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, given = header.partition(b" ")
         if scheme.lower() == b"basic" and path.startswith(self.basic_prefixes):
             # Label Studio authenticates to its ML backends with HTTP Basic only: any user, the token as password.
             scheme, given = b"bearer", _basic_password(given.strip())
@@ -209,3 +227,14 @@ async def send_error(
         headers.append((b"retry-after", str(retry_after_s).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+def configure_guards(settings: Settings) -> None:
+    """Set the class-wide limits and credentials of the middlewares above from a replica's settings (raises
+    ValueError naming the setting for tokens that cannot work)."""
+    BodySizeLimit.max_bytes = settings.max_body_bytes
+    tokens = tenant_tokens(settings)
+    require_tokens(settings, tokens)
+    BearerAuth.tokens = tokens
+    BearerAuth.labelstudio_password = backend_credential(settings, tokens)
+    TenantLimit.max_in_flight = settings.tenant_max_in_flight if tokens else None

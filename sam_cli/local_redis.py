@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from sam_core.errors import ConfigurationError
 
@@ -78,6 +79,8 @@ class LocalRedis:
         port: a fixed port, or None for a free one.
         maxmemory: Redis's memory bound (`1gb`, `64mb`, ...).
         workdir: where its log goes; None: a temporary folder removed by `close()`.
+        password: asked of every client (`--requirepass`, on its command line: tests and local use), and
+            carried in `url`; None: none.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class LocalRedis:
         port: int | None = None,
         maxmemory: str = DEFAULT_MAXMEMORY,
         workdir: Path | None = None,
+        password: str | None = None,
     ) -> None:
         found = executable or shutil.which("redis-server")
         if found is None:
@@ -94,13 +98,15 @@ class LocalRedis:
         self.executable = found
         self.port = port or 0
         self.maxmemory = maxmemory
+        self.password = password
         self._tempdir = None if workdir is not None else tempfile.TemporaryDirectory(prefix="sam-serve-redis-")
         self.workdir = workdir if workdir is not None else Path(self._tempdir.name)  # type: ignore[union-attr]
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -118,7 +124,7 @@ class LocalRedis:
         """A synchronous client (set-up, inspection); close it after use."""
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2.0)
 
     def start(self, attempts: int = 3) -> None:
         """Start (a no-op when running) and return once it answers PING.
@@ -153,6 +159,8 @@ class LocalRedis:
             "--maxmemory-policy": "allkeys-lru",
             "--dir": str(self.workdir),
         }
+        if self.password:
+            options["--requirepass"] = self.password
         with self.log_path.open("ab") as log_file:
             self._process = subprocess.Popen(
                 [self.executable, *itertools.chain.from_iterable(options.items())],

@@ -221,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_resources(args, ingress_cpus)
         _check_port_free(args.host, args.port)
         settings = _prepare_checkpoint(settings, args.random_weights)
-        redis_url, local_redis = _pick_cache(args.redis_url, settings.redis_url)
+        redis_url, local_redis = _pick_cache(args.redis_url, settings.redis_url_value())
         settings = load_settings({**settings.model_dump(), "redis_url": redis_url}, env_overrides=False)
 
         print(f"sam-serve: starting Ray ({args.num_cpus} logical CPUs)", file=sys.stderr)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sam_core.cache import EmbeddingCache, LocallyCopiedCache, image_id_hash, make_cache
+from sam_core.cache import EmbeddingCache, image_id_hash
+from sam_core.cache.configured import cache_from_settings, decoder_cache
 from sam_core.embedding import EncoderInput, ImageEmbedding, round_to_storage, same_content
 from sam_core.errors import CacheMiss, CacheUnavailable, ImageTooLarge, InvalidInput
 from sam_core.frames import LOW_RES_SHAPE, MASK_INPUT_SHAPE
@@ -41,25 +42,6 @@ log = logging.getLogger(__name__)
 MAX_BINARY_MASK_BYTES = 512 * 1024 * 1024
 """Most bool-mask bytes a binary several-prompts answer may hold (P x M x H x W): 100 boxes on a 2 MP image
 fit; more is a 413 that asks for a json format, which encodes each prompt as it is decoded."""
-
-
-def cache_from_settings(settings: Settings) -> EmbeddingCache:
-    """The shared Redis cache when `redis_url` is set, else a per-process in-memory LRU."""
-    return make_cache(
-        settings.redis_url,
-        ttl_s=settings.cache_ttl_s,
-        timeout_s=settings.cache_timeout_s,
-        memory_bytes=settings.memory_cache_bytes,
-    )
-
-
-def decoder_cache(settings: Settings) -> EmbeddingCache:
-    """A decoder's cache (its models share one): the shared one with local decoded copies in front
-    (`decoder_local_cache_bytes`)."""
-    cache = cache_from_settings(settings)
-    if cache.shared and settings.decoder_local_cache_bytes:
-        cache = LocallyCopiedCache(cache, settings.decoder_local_cache_bytes)
-    return cache
 
 
 def load_configured_model(settings: Settings, *, device: str | None = None) -> LoadedModel:
@@ -229,7 +211,7 @@ class DecoderService:
                 raise CacheMiss("no cached embedding for this image_id: send the image", field="image_id")
             if not same_content(embedding.content_id, job.content_id):
                 raise CacheMiss("the image_id's cached embedding is of another image", field="image_id")
-        elif wants_cached_mask and (logits_key := _logits_key(job)) is not None:
+        elif wants_cached_mask and (logits_key := job.logits_id) is not None:
             try:
                 cached_logits = await self.cache.get_low_res_logits(model_id, logits_key)
             except CacheUnavailable:
@@ -316,7 +298,7 @@ class DecoderService:
 
     async def remember(self, job: SegmentJob, output: DecoderOutput) -> None:
         """Cache the best mask's low-res logits for the next click's `use_mask_input_cache`."""
-        key = _logits_key(job)
+        key = job.logits_id
         if key is None:
             return
         best = int(np.argmax(output.iou_scores))
@@ -371,8 +353,3 @@ class DecoderService:
         decoded = time.perf_counter()
         encoded = encode_masks(output.masks, output.low_res_logits, output.iou_scores, job.format)
         return output, encoded, decoded - started, time.perf_counter() - decoded
-
-
-def _logits_key(job: SegmentJob) -> str | None:
-    """Where the job's low-res logits live: the requester's own key, else the embedding's."""
-    return job.logits_key or job.cache_key

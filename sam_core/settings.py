@@ -150,7 +150,11 @@ class Settings(BaseSettings):
         description="segment everything: most bytes of float32 full-size logits one batch of points may hold "
         "(points_per_batch x 3 x H x W x 4; a run peaks at about twice that); more is a 413 naming points_per_batch",
     )
-    redis_url: str | None = Field(default=None, description="redis://host:port/db; None = in-memory cache")
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="redis://[:password@]host:port/db; None = in-memory cache (a secret: it may carry the password, "
+        "so it never shows in logs or settings dumps)",
+    )
     cache_ttl_s: int = Field(default=3600, gt=0, description="time to live of every cached entry")
     cache_timeout_s: float = Field(default=0.5, gt=0, description="Redis socket timeout per operation")
     memory_cache_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="in-memory LRU bound")
@@ -178,6 +182,17 @@ class Settings(BaseSettings):
         default=None,
         description="Label Studio API token for fetching task images (a legacy token, or a personal access token "
         "exchanged for access tokens); unset: the token Label Studio's /setup sends for a matching hostname",
+    )
+    labelstudio_accept_setup_token: bool = Field(
+        default=False,
+        description="when labelstudio_token is unset, use the token Label Studio's /setup sends (for "
+        "labelstudio_url's host only); off: /setup installs nothing, whoever calls it",
+    )
+    labelstudio_backend_password: SecretStr | None = Field(
+        default=None,
+        description="Label Studio's own credential for /labelstudio (its ML backend connection's Basic "
+        "Authentication password, or a bearer token): when set, /labelstudio takes only it, no tenant token, and "
+        "it opens nothing else",
     )
     ui_dir: Path = Field(
         default_factory=default_ui_dir,
@@ -273,14 +288,20 @@ class Settings(BaseSettings):
             return value
         raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda, cuda:N or mps")
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", mode="before")
     @classmethod
-    def _redis_url_scheme(cls, value: str | None) -> str | None:
-        if value is None or value == "":
+    def _redis_url_scheme(cls, value: object) -> object:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is None or text == "":
             return None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {value!r}")
-        return value
+        if not isinstance(text, str) or not text.startswith(("redis://", "rediss://", "unix://")):
+            # The value is not echoed: it may carry a password.
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return text
+
+    def redis_url_value(self) -> str | None:
+        """The Redis URL with its password, for the client that connects to it (never log it)."""
+        return self.redis_url.get_secret_value() if self.redis_url else None
 
 
 class _EnvFirst:

@@ -33,6 +33,30 @@ def tenant_tokens(settings: Settings) -> dict[bytes, str]:
     return tokens
 
 
+def backend_credential(settings: Settings, tokens: dict[bytes, str]) -> bytes | None:
+    """Label Studio's own credential for /labelstudio (`labelstudio_backend_password`), or None.
+
+    Raises ValueError when it is empty or equal to a tenant's token (it must open only the backend routes).
+    """
+    if settings.labelstudio_backend_password is None:
+        return None
+    credential = settings.labelstudio_backend_password.get_secret_value().encode()
+    if not credential.strip():
+        raise ValueError("labelstudio_backend_password is empty: set a credential or leave it unset")
+    if credential in tokens:
+        raise ValueError(f"labelstudio_backend_password is tenant {tokens[credential]!r}'s token: use another")
+    return credential
+
+
+def require_tokens(settings: Settings, tokens: dict[bytes, str]) -> None:
+    """With `auth_required`, no token configured is a start-up error, not a service open to everyone."""
+    if settings.auth_required and not tokens:
+        raise ValueError(
+            "auth_required is true but no token is configured: set auth_token, auth_tokens (SAM_AUTH_TOKENS) or "
+            "auth_tokens_file (k8s: fill the sam-auth Secret, k8s/make-secrets.sh)"
+        )
+
+
 def _tokens_file(path: Path) -> dict[str, str]:
     try:
         value = json.loads(path.read_text())

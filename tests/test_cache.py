@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import numpy as np
 import pytest
 
+from sam_cli.local_redis import LocalRedis, free_port
 from sam_core.cache import (
     KINDS,
     EmbeddingCache,
@@ -28,9 +29,10 @@ from sam_core.cache.local_copies import LocalEmbeddingCopies
 from sam_core.embedding import ImageEmbedding
 from sam_core.errors import CacheUnavailable
 from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
+from sam_core.settings import Settings
 
 if TYPE_CHECKING:
-    from sam_cli.local_redis import LocalRedis
+    from pathlib import Path
 
 T = TypeVar("T")
 
@@ -765,3 +767,46 @@ def test_redis_keeps_an_embedding_in_chunks_that_fit_its_allocator(
     assert_fp16_close(found.embedding, embedding.embedding)
     assert header_only
     assert broken is None
+
+
+# ---- Redis with a password (as k8s/redis.yaml runs it) -------------------------------------------------------
+
+
+def test_a_redis_with_a_password_serves_the_url_that_carries_it_and_refuses_others(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A real redis-server with `--requirepass`: the URL with the password caches; without it, or with a wrong
+    one, every operation is a CacheUnavailable (the 503 "resend the image" path), never a crash; the settings
+    keep the URL secret."""
+    password = secrets.token_urlsafe(24)
+    server = LocalRedis(port=free_port(), workdir=tmp_path, password=password)
+    server.start()
+    try:
+        assert password in server.url
+        settings = Settings(redis_url=server.url)
+        assert password not in repr(settings)
+        assert password not in str(settings.model_dump())
+        good = RedisEmbeddingCache(settings.redis_url_value() or "", ttl_s=60, timeout_s=0.5)
+        wrong = RedisEmbeddingCache(server.url.replace(password, "not-it"), ttl_s=60, timeout_s=0.5)
+        none = RedisEmbeddingCache(f"redis://127.0.0.1:{server.port}/0", ttl_s=60, timeout_s=0.5)
+        embedding = random_embedding(rng)
+
+        async def scenario() -> list[str]:
+            await good.put_embedding(MODEL, "img-pw", embedding)
+            assert await good.get_embedding(MODEL, "img-pw") is not None
+            refusals = []
+            for cache in (wrong, none):
+                with pytest.raises(CacheUnavailable) as refused:
+                    await cache.get_embedding(MODEL, "img-pw")
+                refusals.append(str(refused.value))
+                with pytest.raises(CacheUnavailable):
+                    await cache.put_embedding(MODEL, "img-pw", embedding)
+                await cache.close()
+            assert await good.get_embedding(MODEL, "img-pw") is not None  # nothing overwritten
+            await good.close()
+            return refusals
+
+        refusals = run(scenario())
+        assert all(password not in reason for reason in refusals)
+    finally:
+        server.stop()

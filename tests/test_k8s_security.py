@@ -222,7 +222,7 @@ def test_make_secrets_writes_what_the_generator_reads_and_the_service_accepts(tm
     password = (secrets_dir / "redis-password").read_text()
     assert len(password) >= 32
     url = (secrets_dir / "redis-url").read_text()
-    assert Settings(redis_url=url).redis_url == f"redis://:{password}@sam-redis:6379/0"
+    assert Settings(redis_url=url).redis_url_value() == f"redis://:{password}@sam-redis:6379/0"
     assert (secrets_dir / "tokens.json").stat().st_mode & 0o077 == 0, "the token file is readable by others"
     # A second run keeps the files: the cluster's tokens do not change under the tenants' feet.
     subprocess.run(["bash", str(tmp_path / "make-secrets.sh")], check=True, capture_output=True)

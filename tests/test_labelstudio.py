@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 APP = "sam-labelstudio"
 API_TOKEN = "sam-serve api token"
+LS_PASSWORD = "label studio's own credential"
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
 PERSONAL = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.cGF0"
 SIZE = (400, 300)  # width, height, as Label Studio names them
@@ -63,9 +64,9 @@ def other_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(serve_app: ServeApp, host: FileHost, other_checkpoint: Path) -> Iterator[httpx.Client]:
-    """The app with a Label Studio host and its legacy token configured, and an API token: Label Studio
-    authenticates with HTTP Basic (the token as the password). It serves a second model, `other`, for projects
-    whose backend URL names it (/labelstudio/models/other)."""
+    """The app with a Label Studio host and its legacy token configured, an API token, and Label Studio's own
+    credential: Label Studio authenticates with HTTP Basic (that credential as the password). It serves a
+    second model, `other`, for projects whose backend URL names it (/labelstudio/models/other)."""
     models = (
         ModelSpec(id="vit_tiny", model_type="vit_tiny", checkpoint=str(serve_app.checkpoint)),
         ModelSpec(id="other", model_type="vit_tiny", checkpoint=str(other_checkpoint)),
@@ -75,12 +76,13 @@ def client(serve_app: ServeApp, host: FileHost, other_checkpoint: Path) -> Itera
             "labelstudio_url": host.url,
             "labelstudio_token": SecretStr(LEGACY),
             "auth_token": SecretStr(API_TOKEN),
+            "labelstudio_backend_password": SecretStr(LS_PASSWORD),
             "models": models,
         }
     )
     with (
         second_app(APP, settings),
-        httpx.Client(base_url=f"{serve_app.url}/{APP}", timeout=120, headers=basic(API_TOKEN)) as http,
+        httpx.Client(base_url=f"{serve_app.url}/{APP}", timeout=120, headers=basic(LS_PASSWORD)) as http,
     ):
         yield http
 
@@ -259,10 +261,20 @@ def test_a_config_without_brush_or_polygon_is_a_422(client: httpx.Client) -> Non
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, basic("wrong"), {"Authorization": "Basic !!notbase64"}],
-    ids=["none", "wrong-password", "garbled"],
+    [
+        {},
+        basic("wrong"),
+        {"Authorization": "Basic !!notbase64"},
+        basic(API_TOKEN),
+        {"Authorization": f"Bearer {API_TOKEN}"},
+    ],
+    ids=["none", "wrong-password", "garbled", "a-tenant-token-as-basic", "a-tenant-token-as-bearer"],
 )
-def test_label_studio_needs_the_api_token_as_its_basic_password(client: httpx.Client, headers: dict[str, str]) -> None:
+def test_label_studio_needs_its_own_credential_as_its_basic_password(
+    client: httpx.Client, headers: dict[str, str]
+) -> None:
+    """With labelstudio_backend_password set, /labelstudio takes only it: a tenant's token opens nothing there
+    (a tenant cannot make the backend fetch Label Studio's images with Label Studio's token)."""
     request = client.build_request("POST", "/labelstudio/predict", json=predict_body(PATH, None))
     del request.headers["Authorization"]  # the client's own Basic header
     request.headers.update(headers)
@@ -271,25 +283,64 @@ def test_label_studio_needs_the_api_token_as_its_basic_password(client: httpx.Cl
     assert response.json()["field"] == "Authorization"
 
 
-def test_basic_auth_opens_only_the_label_studio_routes(client: httpx.Client) -> None:
+def test_label_studios_credential_opens_only_the_label_studio_routes(client: httpx.Client) -> None:
     body = {"image_id": "x", "point_coords": [[1, 1]], "point_labels": [1]}
     assert client.post("/sam/segment_image", json=body).status_code == 401  # the client sends Basic
+    bearer = {"Authorization": f"Bearer {LS_PASSWORD}"}
+    assert client.post("/sam/segment_image", json=body, headers=bearer).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/current-user/whoami",
+        "/data/../api/projects",
+        "/data/upload/%2e%2e/%2e%2e/api/projects",
+        "/data/upload/..%2f..%2fapi%2fprojects",
+        "/data/upload\\..\\api",
+        "FULL/api/projects/",
+    ],
+    ids=["api", "dot-segments", "encoded-dots", "encoded-slashes", "backslashes", "full-url"],
+)
+def test_a_path_outside_label_studios_data_is_refused_without_sending_the_token(
+    client: httpx.Client, host: FileHost, path: str
+) -> None:
+    """The backend fetches with Label Studio's token only under its data paths (uploads, local files, storage
+    proxies): a task naming any other path of the Label Studio host is a 422, and no request reaches it."""
+    url = path.replace("FULL", host.url)
+    seen = len(host.auth_seen)
+    response = predict(client, predict_body(url, [keypoint(10, 10, SIZE)]))
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "tasks.0.data"
+    assert "data paths" in response.json()["reason"]
+    assert len(host.auth_seen) == seen
 
 
 # ---- The token logic, without a server ------------------------------------------------------------------------
 
 
-def backend(host: FileHost, token: str | None = None) -> LabelStudioBackend:
+def backend(host: FileHost, token: str | None = None, *, accept_setup_token: bool = False) -> LabelStudioBackend:
     from sam_core.settings import Settings
 
     settings = Settings(
-        labelstudio_url=host.url + "/", labelstudio_token=SecretStr(token) if token else None, redis_url=None
+        labelstudio_url=host.url + "/",
+        labelstudio_token=SecretStr(token) if token else None,
+        labelstudio_accept_setup_token=accept_setup_token,
+        redis_url=None,
     )
     return LabelStudioBackend(ingress=None, settings=settings)  # type: ignore[arg-type]
 
 
-def test_setup_token_counts_only_for_the_configured_host(host: FileHost) -> None:
+def test_setup_installs_no_token_unless_the_operator_allows_it(host: FileHost) -> None:
     ls = backend(host)
+    ls.remember_setup(SetupRequest(hostname=host.url + "/", access_token=LEGACY))
+    assert ls.setup_token is None
+    with pytest.raises(URLInputRefused, match="labelstudio_accept_setup_token"):
+        asyncio.run(ls._image(host.url + PATH))
+
+
+def test_setup_token_counts_only_for_the_configured_host(host: FileHost) -> None:
+    ls = backend(host, accept_setup_token=True)
     assert ls.host == host.url  # the trailing slash goes
     ls.remember_setup(SetupRequest(hostname="http://evil.example:8080", access_token="stolen"))
     assert ls.setup_token is None
@@ -344,3 +395,40 @@ def test_a_backend_url_naming_a_served_model_annotates_with_it(client: httpx.Cli
         answer = client.post(path, json=predict_body(PATH, [keypoint(40, 55, SIZE)]) if "predict" in path else setup)
         assert answer.status_code == 404, answer.text
         assert answer.json()["field"] == "model"
+
+
+def test_label_studios_credential_guards_its_routes_even_with_no_tenant_tokens() -> None:
+    """With only labelstudio_backend_password set (an open API), /labelstudio still takes only that credential,
+    as Basic password or bearer, and the open routes stay open."""
+    from starlette.types import Receive, Scope, Send
+
+    from deployments.limits import BearerAuth
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope.get("state", {}).get("tenant", "-").encode()})
+
+    previous = BearerAuth.tokens, BearerAuth.labelstudio_password
+    BearerAuth.tokens, BearerAuth.labelstudio_password = {}, LS_PASSWORD.encode()
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=BearerAuth(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://sam") as http:
+            return [
+                await http.post("/labelstudio/predict"),
+                await http.post("/labelstudio/predict", headers=basic("wrong")),
+                await http.post("/labelstudio/predict", headers=basic(LS_PASSWORD)),
+                await http.post("/labelstudio/predict", headers={"Authorization": f"Bearer {LS_PASSWORD}"}),
+                await http.post("/sam/segment_image"),
+            ]
+
+    try:
+        missing, wrong, as_basic, as_bearer, open_api = asyncio.run(scenario())
+    finally:
+        BearerAuth.tokens, BearerAuth.labelstudio_password = previous
+    assert missing.status_code == 401
+    assert wrong.status_code == 401
+    assert "labelstudio_backend_password" in wrong.json()["reason"]
+    assert (as_basic.status_code, as_basic.text) == (200, "labelstudio")
+    assert (as_bearer.status_code, as_bearer.text) == (200, "labelstudio")
+    assert open_api.status_code == 200

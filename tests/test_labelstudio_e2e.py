@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from pydantic import SecretStr
 
 from tests.conftest import ServeApp, free_port, photo_jpeg, rle_to_mask, second_app
 from tests.labelstudio_support import BRUSH_CONFIG, LS_VENV, keypoint, rectangle, sdk_decode_brush
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 APP = "sam-labelstudio-e2e"
 TOKEN = "fedcba9876543210fedcba9876543210fedcba98"
+BACKEND_PASSWORD = "label studio reaches sam-serve with this"
 SIZE = (480, 360)
 PHOTO = photo_jpeg(np.random.default_rng(23), (SIZE[1], SIZE[0]))
 START_TIMEOUT_S = 240
@@ -86,8 +88,15 @@ class Project:
 @pytest.fixture(scope="module")
 def project(serve_app: ServeApp, label_studio: LabelStudio) -> Iterator[Project]:
     """A project with one uploaded image and sam-serve as its interactive backend, connected as a user would."""
-    # No labelstudio_token: the token comes from Label Studio's /setup, for the configured host only.
-    settings = serve_app.settings.model_copy(update={"labelstudio_url": label_studio.url})
+    # No labelstudio_token: the token comes from Label Studio's /setup (allowed here), for the configured host
+    # only. Label Studio reaches the backend with a credential of its own (HTTP Basic, its ML settings).
+    settings = serve_app.settings.model_copy(
+        update={
+            "labelstudio_url": label_studio.url,
+            "labelstudio_accept_setup_token": True,
+            "labelstudio_backend_password": SecretStr(BACKEND_PASSWORD),
+        }
+    )
     with second_app(APP, settings):
         api = label_studio.api
         created = api.post("/api/projects", json={"title": "sam-serve e2e", "label_config": BRUSH_CONFIG})
@@ -101,6 +110,9 @@ def project(serve_app: ServeApp, label_studio: LabelStudio) -> Iterator[Project]
             "project": project_id,
             "is_interactive": True,
             "title": "sam-serve",
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": "label-studio",
+            "basic_auth_pass": BACKEND_PASSWORD,
         }
         connected = api.post("/api/ml", json=backend)
         assert connected.status_code == 201, connected.text
@@ -129,9 +141,13 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1))
 
 
-def test_label_studio_connects_and_names_the_model_version(label_studio: LabelStudio, project: Project) -> None:
+def test_label_studio_connects_and_names_the_model_version(
+    serve_app: ServeApp, label_studio: LabelStudio, project: Project
+) -> None:
     backend = label_studio.api.get(f"/api/ml/{project.ml_backend}").json()
-    assert backend["state"] == "CO", backend  # connected: /health and /setup answered
+    assert backend["state"] == "CO", backend  # connected: /health and /setup answered, with its own credential
+    # Without that credential the backend's routes are closed.
+    assert httpx.post(f"{serve_app.url}/{APP}/labelstudio/setup", json={}, timeout=30).status_code == 401
     assert str(backend["model_version"]).startswith("sam-serve-")
     assert str(project.task["data"]["image"]).startswith("/data/upload/")  # type: ignore[index]
 

@@ -93,8 +93,9 @@ def test_a_dead_holders_lock_frees_within_its_ttl(two_ingresses: str, serve_app:
         model_id = http.get("/readyz").json()["model_id"]
     content_id = read_image("base64", image["value"], ImageLimits()).content_id
     ttl_s = 3.0
-    assert serve_app.settings.redis_url is not None
-    client = redis.Redis.from_url(serve_app.settings.redis_url)
+    url = serve_app.settings.redis_url_value()
+    assert url is not None
+    client = redis.Redis.from_url(url)
     # The value a holder sets: a token and the image's content id; a dead holder's token renews nothing.
     client.set(flight_key(model_id, image_id), f"dead {content_id}", px=int(ttl_s * 1000))
     before = encoder_runs()
@@ -123,8 +124,9 @@ def test_two_images_under_one_image_id_each_get_their_own_answer(two_ingresses: 
         model_id = http.get("/readyz").json()["model_id"]
     shared_id = f"one-id-{uuid.uuid4()}"
     first_content = read_image("base64", first["value"], ImageLimits()).content_id
-    assert serve_app.settings.redis_url is not None
-    client = redis.Redis.from_url(serve_app.settings.redis_url)
+    url = serve_app.settings.redis_url_value()
+    assert url is not None
+    client = redis.Redis.from_url(url)
     ttl_s = 4.0
     # The first image's run holds the id (a holder that never lands: its lock frees after the TTL).
     client.set(flight_key(model_id, shared_id), f"holder {first_content}", px=int(ttl_s * 1000))

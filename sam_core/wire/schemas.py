@@ -279,6 +279,11 @@ class SegmentJob:
     request that waited for another replica's run of its image must not decode another image put under the
     same image_id meanwhile."""
 
+    @property
+    def logits_id(self) -> str | None:
+        """Where the job's low-res logits live: the requester's own key, else the embedding's."""
+        return self.logits_key or self.cache_key
+
 
 @dataclass
 class EmbedResult:
