@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 SEGMENT = "/sam/segment_image"
 EMBED = "/sam/embed_image"
+EVERYTHING = "/sam/segment_everything"
 HEIGHT, WIDTH = 120, 160
 
 
@@ -185,6 +186,19 @@ CATALOG: dict[str, Case] = {
     "image_id with control characters": Case(SEGMENT, lambda _: {"image_id": "abc\x00\x1b[31m"}, 422, "image_id"),
     "image_id of 10 kB": Case(SEGMENT, lambda _: {"image_id": "x" * 10_240}, 422, "image_id"),
     "misspelt field": Case(SEGMENT, prompt(point_coord=[[1, 1]]), 422, "point_coord"),
+    # Id namespaces and bounded work (issue 27): the service's own prefixes, another image's content id, and a
+    # segment-everything run over the decode cap, each refused before any work.
+    "image_id in the tenant namespace": Case(SEGMENT, lambda _: {"image_id": "tenant:bob:photo"}, 422, "image_id"),
+    "image_id in the Label Studio namespace": Case(EMBED, lambda _: {"image_id": "labelstudio:abc"}, 422, "image_id"),
+    "image under another image's content id": Case(
+        EMBED, image_body(encoded(random_rgb(), "PNG"), image_id="sha256:" + "0" * 64), 422, "image_id"
+    ),
+    "segment everything over the decode cap": Case(
+        EVERYTHING,
+        image_body(encoded(random_rgb(), "PNG"), points_per_side=128, crop_n_layers=2),
+        422,
+        "points_per_side",
+    ),
     "mask input asked for but none anywhere": Case(
         SEGMENT,
         lambda _: {
