@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 
 from sam_cli.local_redis import LocalRedis, free_port
 from tests.conftest import ServeApp, second_app
@@ -47,7 +48,9 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
 @pytest.fixture
 def faults_app(serve_app: ServeApp, own_redis: LocalRedis) -> Iterator[httpx.Client]:
     """A second application on its own redis-server, which the tests stop, start and fill."""
-    settings = serve_app.settings.model_copy(update={"redis_url": own_redis.url, "cache_timeout_s": TIMEOUT_S})
+    settings = serve_app.settings.model_copy(
+        update={"redis_url": SecretStr(own_redis.url), "cache_timeout_s": TIMEOUT_S}
+    )
     with second_app(APP, settings), httpx.Client(base_url=f"{serve_app.url}/{APP}", timeout=120) as client:
         yield client
 
