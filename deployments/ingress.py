@@ -79,7 +79,7 @@ class SamIngress:
         self.images = NewImages(self.models, self.cache, settings)
         self.decoder_files = DecoderFiles(self.models)
         self.ui_files = UiFiles(settings.ui_dir)
-        api.state.labelstudio = labelstudio.LabelStudioBackend(self, settings)
+        api.state.labelstudio = labelstudio.LabelStudioBackend(self.segment, self.models, settings)
         configure_guards(settings)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
 

@@ -17,7 +17,8 @@ import hashlib
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
@@ -32,10 +33,19 @@ from sam_core.errors import CacheMiss, InvalidInput, URLFetchError, URLInputRefu
 from sam_core.settings import Settings
 from sam_core.wire.image_checks import check_byte_count
 from sam_core.wire.labelstudio import InteractivePrompt, LabelConfig, context_prompt, parse_label_config, region
-from sam_core.wire.schemas import SegmentImageRequest
+from sam_core.wire.schemas import SegmentImageRequest, SegmentResult
 
-if TYPE_CHECKING:
-    from deployments.ingress import SamIngress
+SegmentCall = Callable[[SegmentImageRequest], Awaitable[SegmentResult]]
+"""How the backend has a prompt answered: the ingress's `segment` (cache, encoder on a miss, decoder)."""
+
+
+class ModelNames(Protocol):
+    """What the backend needs to know of the served models (the ingress's `ServedModels`)."""
+
+    def named(self, model: str | None) -> str: ...
+
+    async def model_id(self, model: str) -> str: ...
+
 
 PREFIX = "/labelstudio"
 MODEL_CLASS = "SamServe"
@@ -76,8 +86,9 @@ class PredictRequest(BaseModel):
 class LabelStudioBackend:
     """One ingress replica's side of the protocol: the model version, the image fetches and the tokens."""
 
-    def __init__(self, ingress: SamIngress, settings: Settings) -> None:
-        self.ingress = ingress
+    def __init__(self, segment: SegmentCall, models: ModelNames, settings: Settings) -> None:
+        self.segment_call = segment
+        self.models = models
         self.settings = settings
         self.host = settings.labelstudio_url
         self.token = settings.labelstudio_token.get_secret_value() if settings.labelstudio_token else None
@@ -86,7 +97,7 @@ class LabelStudioBackend:
         self._refresh_lock = asyncio.Lock()
 
     async def model_version(self, model: str) -> str:
-        return f"sam-serve-{await self.ingress.models.model_id(model)}"
+        return f"sam-serve-{await self.models.model_id(model)}"
 
     def remember_setup(self, setup: SetupRequest) -> None:
         """The token `/setup` sends is used only when the operator allowed it, and only for the configured host
@@ -124,9 +135,9 @@ class LabelStudioBackend:
             "model": model,
         }
         try:
-            result = await self.ingress.segment(SegmentImageRequest(**fields))
+            result = await self.segment_call(SegmentImageRequest(**fields))
         except CacheMiss:
-            result = await self.ingress.segment(SegmentImageRequest(**fields, image=await self._image(resolved)))
+            result = await self.segment_call(SegmentImageRequest(**fields, image=await self._image(resolved)))
         assert isinstance(result.body, dict), "rle answers are json"
         return result.body
 
@@ -264,7 +275,7 @@ def _backend(request: Request) -> LabelStudioBackend:
 
 def _model(request: Request) -> str:
     """The served model the backend URL names (`/labelstudio/models/{model}`), else the default; 404 if unknown."""
-    return _backend(request).ingress.models.named(request.path_params.get("model"))
+    return _backend(request).models.named(request.path_params.get("model"))
 
 
 @router.get("/", include_in_schema=False)

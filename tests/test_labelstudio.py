@@ -328,7 +328,8 @@ def backend(host: FileHost, token: str | None = None, *, accept_setup_token: boo
         labelstudio_accept_setup_token=accept_setup_token,
         redis_url=None,
     )
-    return LabelStudioBackend(ingress=None, settings=settings)  # type: ignore[arg-type]
+    # The token logic needs neither the ingress's segment call nor its models.
+    return LabelStudioBackend(segment=None, models=None, settings=settings)  # type: ignore[arg-type]
 
 
 def test_setup_installs_no_token_unless_the_operator_allows_it(host: FileHost) -> None:
