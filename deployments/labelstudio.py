@@ -168,6 +168,15 @@ class LabelStudioBackend:
         ingress's URL fetch and its safety rules."""
         if not (self.host and _origin(url) == _origin(self.host)):
             return {"type": "url", "value": url}
+        timeout_s = self.settings.images.url_timeout_s
+        try:
+            # One deadline over the token exchange and the whole download, as for any image URL.
+            return await asyncio.wait_for(self._fetch_from_host(url), timeout_s)
+        except asyncio.TimeoutError:
+            reason = f"Label Studio at {self.host} did not send the image within {timeout_s} s"
+            raise URLFetchError(reason, field="tasks.0.data") from None
+
+    async def _fetch_from_host(self, url: str) -> dict[str, str]:
         headers = await self._auth_headers()
         try:
             async with (
@@ -178,7 +187,7 @@ class LabelStudioBackend:
                 if response.is_redirect and location:
                     # A storage proxy's presigned URL: fetched elsewhere, without the token, by the URL rules.
                     target = urljoin(url, location)
-                    if _origin(target) != _origin(self.host):
+                    if _origin(target) != _origin(url):
                         return {"type": "url", "value": target}
                 if response.status_code in (401, 403):
                     raise URLInputRefused(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from deployments.labelstudio import LabelStudioBackend, SetupRequest
-from sam_core.errors import URLInputRefused
+from sam_core.errors import URLFetchError, URLInputRefused
 from sam_core.model.build import make_random_checkpoint
 from sam_core.settings import ModelSpec
 from tests.conftest import ServeApp, photo_jpeg, rle_to_mask, second_app
@@ -433,3 +434,18 @@ def test_label_studios_credential_guards_its_routes_even_with_no_tenant_tokens()
     assert (as_basic.status_code, as_basic.text) == (200, "labelstudio")
     assert (as_bearer.status_code, as_bearer.text) == (200, "labelstudio")
     assert open_api.status_code == 200
+
+
+def test_a_label_studio_host_that_trickles_is_cut_off_at_the_one_deadline() -> None:
+    """The backend's own fetch from the Label Studio host has the one deadline of every image URL: a host that
+    sends its headers a byte a second is a URLFetchError after url_timeout_s, not a request held for minutes."""
+    from sam_core.settings import Settings
+    from tests.slow_http import slow_http_server
+
+    with slow_http_server() as slow:
+        settings = Settings(labelstudio_url=slow, images={"url_timeout_s": 1.0}, redis_url=None)
+        ls = LabelStudioBackend(segment=None, models=None, settings=settings)  # type: ignore[arg-type]
+        started = time.monotonic()
+        with pytest.raises(URLFetchError, match=r"did not send the image within 1\.0 s"):
+            asyncio.run(ls._image(slow + "/trickle-headers"))
+        assert time.monotonic() - started < 2.5
