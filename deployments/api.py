@@ -1,4 +1,6 @@
-"""The ingress's FastAPI app before its routes: error handlers, the Label Studio routers and the guards.
+"""The ingress's FastAPI app, made per replica once the ingress is built (Serve calls
+`SamIngress.__serve_build_asgi_app__`): error handlers, the routes, the Label Studio wing and the guards;
+nothing is attached at import.
 
 Middleware order (outermost first): BearerAuth (who is calling: the tenant), TenantLimit (its bound on
 requests in flight), BodySizeLimit (the body as it arrives). Starlette runs the last one added first.
@@ -11,9 +13,10 @@ from deployments import labelstudio
 from deployments.http_errors import install_error_handlers
 from deployments.limits import BearerAuth, BodySizeLimit, TenantLimit
 from deployments.off_loop import OffLoopJSONRoute
+from deployments.routes import IngressCalls, page_router, sam_router
 
 
-def make_api() -> FastAPI:
+def make_api(ingress: IngressCalls, backend: labelstudio.LabelStudioBackend) -> FastAPI:
     """FastAPIOffline: FastAPI with Swagger UI's and ReDoc's assets served from the installed package, so /docs
     works on a cluster without internet access."""
     api = FastAPIOffline(
@@ -23,8 +26,11 @@ def make_api() -> FastAPI:
     )
     api.router.route_class = OffLoopJSONRoute
     install_error_handlers(api)
+    api.state.labelstudio = backend
     api.include_router(labelstudio.router)
     api.include_router(labelstudio.model_router)
+    api.include_router(sam_router(ingress))
+    api.include_router(page_router(ingress))
     api.add_middleware(BodySizeLimit)
     api.add_middleware(TenantLimit)
     api.add_middleware(BearerAuth)

@@ -14,8 +14,8 @@ from ray import serve
 
 from deployments import metrics
 from deployments.click_path import CLICK_PATH_LOGGING, CLICK_PATH_RUNTIME_ENV
-from deployments.memory import resident_bytes
-from deployments.multiplex import ReplicaModels
+from deployments.replica_models import ReplicaModels
+from deployments.resident_memory import resident_bytes
 from sam_core.cache import LocallyCopiedCache
 from sam_core.cache.configured import decoder_cache
 from sam_core.everything_service import EverythingService

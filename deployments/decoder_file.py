@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from deployments.models import ServedModels
+from deployments.model_routing import ModelRouting
 from sam_core.model.decoder import DecoderGraph
 
 ONNX_MEDIA_TYPE = "application/octet-stream"
@@ -24,7 +24,7 @@ ONNX_MEDIA_TYPE = "application/octet-stream"
 class DecoderFiles:
     """The ingress's copy of each model's decoder graphs, fetched from a decoder replica on first request."""
 
-    def __init__(self, models: ServedModels) -> None:
+    def __init__(self, models: ModelRouting) -> None:
         self.models = models
         self._graphs: dict[tuple[str, bool], DecoderGraph] = {}
         self._lock = asyncio.Lock()

@@ -13,8 +13,8 @@ import numpy as np
 from ray import serve
 
 from deployments import metrics
-from deployments.memory import resident_bytes
-from deployments.multiplex import ReplicaModels
+from deployments.replica_models import ReplicaModels
+from deployments.resident_memory import resident_bytes
 from sam_core.cache import KIND_EMBEDDING
 from sam_core.cache.configured import cache_from_settings
 from sam_core.embedding import EncoderInput, ImageEmbedding

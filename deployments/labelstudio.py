@@ -40,7 +40,7 @@ SegmentCall = Callable[[SegmentImageRequest], Awaitable[SegmentResult]]
 
 
 class ModelNames(Protocol):
-    """What the backend needs to know of the served models (the ingress's `ServedModels`)."""
+    """What the backend needs to know of the served models (the ingress's `ModelRouting`)."""
 
     def named(self, model: str | None) -> str: ...
 

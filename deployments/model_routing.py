@@ -18,7 +18,7 @@ from sam_core.settings import Settings
 from sam_core.wire.schemas import ServedModelInfo, ServedModelsResponse
 
 
-class ServedModels:
+class ModelRouting:
     """Resolves requests to served model ids and hands out the handles that carry them (Serve's
     `multiplexed_model_id`), so every encoder and decoder call names its model."""
 
