@@ -53,10 +53,16 @@ fi
 
 # Label Studio, for the end-to-end test of the /labelstudio backend and label-studio-sdk's own brush decoder. It
 # gets its own venv: it pins requests<2.33 and its SDK opencv<5, which .venv's packages are past.
+# sentry-sdk 3 dropped an option Label Studio 1.23 passes at start-up (`send_default_pii`): it does not start.
 LS_VERSION=1.23.0
-if [ "$(.venv-labelstudio/bin/python -c 'from importlib.metadata import version; print(version("label-studio"))' 2>/dev/null)" != "$LS_VERSION" ]; then
-  "$PYTHON" -m venv .venv-labelstudio
-  .venv-labelstudio/bin/python -m pip install -q "label-studio==$LS_VERSION"
+LS_PINS="label-studio==$LS_VERSION sentry-sdk<3"
+ls_installed() {
+  .venv-labelstudio/bin/python -c 'from importlib.metadata import version as v; print(v("label-studio"), v("sentry-sdk").split(".")[0])' 2>/dev/null
+}
+if [ "$(ls_installed)" != "$LS_VERSION 2" ]; then
+  [ -x .venv-labelstudio/bin/python ] || "$PYTHON" -m venv .venv-labelstudio
+  # shellcheck disable=SC2086 # the pins are words
+  .venv-labelstudio/bin/python -m pip install -q $LS_PINS
 fi
 
 echo "bootstrap: .venv ready ($(.venv/bin/python -c 'from importlib.metadata import version; print("torch", version("torch"))'))"
