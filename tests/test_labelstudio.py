@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from deployments.labelstudio import LabelStudioBackend, SetupRequest
+from deployments.labelstudio_host import LabelStudioHost
 from sam_core.errors import URLFetchError, URLInputRefused
 from sam_core.model.build import make_random_checkpoint
 from sam_core.settings import ModelSpec
@@ -320,7 +320,7 @@ def test_a_path_outside_label_studios_data_is_refused_without_sending_the_token(
 # ---- The token logic, without a server ------------------------------------------------------------------------
 
 
-def backend(host: FileHost, token: str | None = None, *, accept_setup_token: bool = False) -> LabelStudioBackend:
+def backend(host: FileHost, token: str | None = None, *, accept_setup_token: bool = False) -> LabelStudioHost:
     from sam_core.settings import Settings
 
     settings = Settings(
@@ -329,26 +329,25 @@ def backend(host: FileHost, token: str | None = None, *, accept_setup_token: boo
         labelstudio_accept_setup_token=accept_setup_token,
         redis_url=None,
     )
-    # The token logic needs neither the ingress's segment call nor its models.
-    return LabelStudioBackend(segment=None, models=None, settings=settings)  # type: ignore[arg-type]
+    return LabelStudioHost(settings)
 
 
 def test_setup_installs_no_token_unless_the_operator_allows_it(host: FileHost) -> None:
     ls = backend(host)
-    ls.remember_setup(SetupRequest(hostname=host.url + "/", access_token=LEGACY))
+    ls.remember_setup(host.url + "/", LEGACY)
     assert ls.setup_token is None
     with pytest.raises(URLInputRefused, match="labelstudio_accept_setup_token"):
-        asyncio.run(ls._image(host.url + PATH))
+        asyncio.run(ls.image(host.url + PATH))
 
 
 def test_setup_token_counts_only_for_the_configured_host(host: FileHost) -> None:
     ls = backend(host, accept_setup_token=True)
     assert ls.host == host.url  # the trailing slash goes
-    ls.remember_setup(SetupRequest(hostname="http://evil.example:8080", access_token="stolen"))
+    ls.remember_setup("http://evil.example:8080", "stolen")
     assert ls.setup_token is None
-    ls.remember_setup(SetupRequest(hostname=host.url + "/", access_token=LEGACY))
+    ls.remember_setup(host.url + "/", LEGACY)
     assert ls.setup_token == LEGACY
-    image = asyncio.run(ls._image(host.url + PATH))
+    image = asyncio.run(ls.image(host.url + PATH))
     assert base64.b64decode(image["value"]) == PHOTO
 
 
@@ -357,7 +356,7 @@ def test_a_personal_access_token_is_exchanged_once_for_an_access_token(host: Fil
     before = host.requests["/api/token/refresh/"]
 
     async def twice() -> list[dict[str, str]]:
-        return [await ls._image(host.url + PATH), await ls._image(host.url + PATH)]
+        return [await ls.image(host.url + PATH), await ls.image(host.url + PATH)]
 
     images = asyncio.run(twice())
     assert all(base64.b64decode(image["value"]) == PHOTO for image in images)
@@ -367,13 +366,13 @@ def test_a_personal_access_token_is_exchanged_once_for_an_access_token(host: Fil
 
 def test_a_refused_token_says_so(host: FileHost) -> None:
     with pytest.raises(URLInputRefused, match="refused the token"):
-        asyncio.run(backend(host, "not-the-token")._image(host.url + PATH))
+        asyncio.run(backend(host, "not-the-token").image(host.url + PATH))
     with pytest.raises(URLInputRefused, match="personal access token"):
-        asyncio.run(backend(host, PERSONAL.replace("cGF0", "YmFk"))._image(host.url + PATH))
+        asyncio.run(backend(host, PERSONAL.replace("cGF0", "YmFk")).image(host.url + PATH))
 
 
 def test_urls_elsewhere_are_left_to_the_url_fetch_rules(host: FileHost) -> None:
-    image = asyncio.run(backend(host, LEGACY)._image("http://127.0.0.1:9/photo.jpg"))
+    image = asyncio.run(backend(host, LEGACY).image("http://127.0.0.1:9/photo.jpg"))
     assert image == {"type": "url", "value": "http://127.0.0.1:9/photo.jpg"}
 
 
@@ -444,8 +443,8 @@ def test_a_label_studio_host_that_trickles_is_cut_off_at_the_one_deadline() -> N
 
     with slow_http_server() as slow:
         settings = Settings(labelstudio_url=slow, images={"url_timeout_s": 1.0}, redis_url=None)
-        ls = LabelStudioBackend(segment=None, models=None, settings=settings)  # type: ignore[arg-type]
+        ls = LabelStudioHost(settings)
         started = time.monotonic()
         with pytest.raises(URLFetchError, match=r"did not send the image within 1\.0 s"):
-            asyncio.run(ls._image(slow + "/trickle-headers"))
+            asyncio.run(ls.image(slow + "/trickle-headers"))
         assert time.monotonic() - started < 2.5
