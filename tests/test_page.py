@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deployments.ui import MEDIA_TYPES
 from tests.conftest import ServeApp, photo_jpeg, rle_to_mask
 from tests.test_api import iou
 
@@ -56,6 +57,13 @@ def write_image(tmp_path: Path, size: tuple[int, int], name: str = "picture.jpg"
 def open_image(page: Any, path: Path) -> None:
     page.set_input_files("#file", str(path))
     page.wait_for_function("window.samPage.ready", timeout=120_000)
+
+
+def open_fresh_image(page: Any, serve_app: ServeApp, tmp_path: Path, size: tuple[int, int]) -> None:
+    """The page opened with its decoder ready, then a fresh photo of `size` (height, width) opened on it."""
+    path, _ = write_image(tmp_path, size)
+    open_page(page, serve_app)
+    open_image(page, path)
 
 
 def screen_point(page: Any, x: float, y: float) -> tuple[float, float]:
@@ -146,6 +154,15 @@ def test_the_root_redirects_to_the_page_which_is_cross_origin_isolated(serve_app
         assert not again.content
 
 
+def test_every_page_file_is_served_as_it_is_on_disk(serve_app: ServeApp) -> None:
+    with httpx.Client(base_url=serve_app.url, timeout=30) as http:
+        for file in sorted((WEB / "ui").iterdir()):
+            response = http.get(f"/ui/{file.name}")
+            assert response.status_code == 200, file.name
+            assert response.content == file.read_bytes(), file.name
+            assert response.headers["content-type"] == MEDIA_TYPES[file.suffix], file.name
+
+
 def test_onnxruntime_web_is_served_from_the_installed_package(serve_app: ServeApp) -> None:
     dist = WEB / "node_modules" / "onnxruntime-web" / "dist"
     lock = json.loads((WEB / "package-lock.json").read_text())
@@ -203,9 +220,7 @@ def test_a_click_decoded_in_the_page_draws_the_servers_mask(page: Any, serve_app
 
 
 def test_a_box_then_undo_in_the_page(page: Any, serve_app: ServeApp, tmp_path: Path) -> None:
-    path, _ = write_image(tmp_path, (300, 200))
-    open_page(page, serve_app)
-    open_image(page, path)
+    open_fresh_image(page, serve_app, tmp_path, (300, 200))
     click(page, 100, 150)
     after_click = overlay_mask(page)
     before = decoded_count(page)
@@ -230,9 +245,7 @@ def test_a_box_then_undo_in_the_page(page: Any, serve_app: ServeApp, tmp_path: P
 
 
 def test_server_decoding_draws_the_same_mask(page: Any, serve_app: ServeApp, tmp_path: Path) -> None:
-    path, _ = write_image(tmp_path, (200, 260))
-    open_page(page, serve_app)
-    open_image(page, path)
+    open_fresh_image(page, serve_app, tmp_path, (200, 260))
     click(page, 120, 80)
     in_page = overlay_mask(page)
     page.keyboard.press("z")
@@ -245,9 +258,7 @@ def test_server_decoding_draws_the_same_mask(page: Any, serve_app: ServeApp, tmp
 
 
 def test_objects_export_as_coco_rle_and_a_png_label_map(page: Any, serve_app: ServeApp, tmp_path: Path) -> None:
-    path, _ = write_image(tmp_path, (180, 240))
-    open_page(page, serve_app)
-    open_image(page, path)
+    open_fresh_image(page, serve_app, tmp_path, (180, 240))
     click(page, 50, 60)
     first = page.evaluate("Array.from(window.samPage.state.objects[0].mask)")
     page.keyboard.press("n")
