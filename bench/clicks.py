@@ -108,8 +108,8 @@ def report_follow_ups(report: Report, runs: FollowUps) -> None:
     parts = {name: median([t.get(name, 0.0) for t in timings]) for name in (*STAGES, "total")}
     outside, hop = median(runs.outside_replica()), median(runs.hop())
     ratio = runs.ratio
-    # Random weights give a mask of thousands of specks, whose contours cost ~10x a real SAM mask's. What the
-    # click would cost with a SAM-like mask's polygons (full size and low-res), timed here, is an estimate.
+    # Random weights give a mask of thousands of specks, whose contours cost far more than a real SAM mask's.
+    # What the click would cost with a SAM-like mask's polygons (full size and low-res), timed here, is an estimate.
     sam_like_s = sam_like_polygon_seconds()
     estimate = (http_p50 - parts["encode"] + sam_like_s) / bare_p50
     report.add(

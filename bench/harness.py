@@ -76,8 +76,8 @@ def ms(seconds: float) -> str:
 def sample_image(variant: int = 0) -> np.ndarray:
     """A 1500x2250 RGB image of flat shapes; `variant` moves one shape so every variant hashes differently.
 
-    No pixel noise: random weights turn noise into masks of thousands of specks (5,558 contours, 15 ms of
-    contour tracing), nothing like a real SAM mask; flat shapes give a mask of a few smooth regions.
+    No pixel noise: random weights turn noise into masks of thousands of specks, whose contours take far longer
+    to trace than a real SAM mask's; flat shapes give a mask of a few smooth regions.
     """
     image = Image.new("RGB", (WIDTH, HEIGHT), (40, 90, 160))
     draw = ImageDraw.Draw(image)
@@ -156,6 +156,7 @@ class Bench:
         self,
         model_type: str,
         *,
+        name: str = "sam",
         decoders: int,
         decoder_threads: int,
         encoder_cpus: float = 2,
@@ -163,7 +164,6 @@ class Bench:
         decoder_router: dict[str, Any] | None = None,
         click_path_niceness: int | None = None,
         access_log: bool | None = None,
-        name: str = "sam",
         **settings: Any,
     ) -> None:
         """(Re)deploy the app (under `/`, or `/{name}` for another name); each replica's num_cpus sets its

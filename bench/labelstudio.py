@@ -20,8 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import HEIGHT, WIDTH, Bench, Report, Row, median, ms, sample_image
-
-from tests.labelstudio_support import FileHost, keypoint, predict_body
+from labelstudio_side import FileHost, keypoint, predict_body
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 ANNOTATORS = 4

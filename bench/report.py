@@ -47,13 +47,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cache_runs import encoder_runs, redis_bytes
 from clicks import follow_up_latency, follow_up_throughput
 from everything import everything
 from flight import single_flight
 from harness import Bench, Report, redis_server
 from labelstudio import labelstudio_clicks
 from memory import memory
-from model_runs import cold_request, decoder_options, encoder_batching, encoder_runs, encodings, redis_bytes
+from model_runs import cold_request, decoder_options, encoder_batching, encodings
 from models import several_models
 from page import page_clicks
 from prompts import many_boxes

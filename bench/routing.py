@@ -88,7 +88,7 @@ def routing(bench: Bench, report: Report) -> None:
 
     print(f"[11] decoder routing: image-keyed consistent hashing vs the default, {REPLICAS} replicas", flush=True)
     # Export the decoders here first: a replica that finds no exported file loads torch and the checkpoint to
-    # export it (~900 MiB more RSS), which would weigh on whichever side deploys first.
+    # export it and keeps that memory for its life, which would weigh on whichever side deploys first.
     model = bench.load("vit_tiny")
     OnnxDecoder.for_model(model.sam, model.identity, bench.work / "cache", threads=1)
     default = _side(bench, {})

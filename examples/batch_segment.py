@@ -16,36 +16,23 @@ decodes and validates it, so the pipeline accepts exactly what the HTTP API acce
 
 So the encoder runs once per distinct image and the boxes of an image share a few decoder calls. Rows that cannot be
 segmented (missing file, malformed box, a box the app refuses, an image it cannot decode) are reported and
-skipped; the run goes on.
+skipped; the run goes on. The prompts file is read in box_prompts.py; the actor is segment_images.py's.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
 import json
-import math
 import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pycocotools.mask as coco_mask
-
-from sam_core.errors import CacheMiss, SamServeError, error_name, error_reason
-from sam_core.wire.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest
-
-DEFAULT_CATEGORY = "object"
-"""Category of prompts given without a `label`/`category`."""
-
-PROMPTS_PER_REQUEST = 32
-"""Boxes of one image sent in one `segment` call (`prompts`): the per-request cost is paid once for them, and
-an image with many boxes still spreads over the decoder replicas as several calls."""
+from box_prompts import BoxPrompt, Failure, read_prompts
+from segment_images import ImageRecord, SegmentImages
 
 IMAGES_PER_BATCH = 4
 """Images an actor takes at once; their embed calls go out together so the encoder can batch them."""
@@ -53,227 +40,6 @@ IMAGES_PER_BATCH = 4
 
 class AppNotRunning(RuntimeError):
     """The Serve application to call is not deployed on the Ray cluster this driver is connected to."""
-
-
-# ---- prompts ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BoxPrompt:
-    """One row of the prompts file: a box on an image.
-
-    Attributes:
-        row: the row's number in the prompts file (1-based, header excluded), for reports.
-        image: the image's file name as written in the prompts file (relative to the images folder).
-        box: [x0, y0, x1, y1] in original-image pixels.
-        category: the row's `label`/`category`, or DEFAULT_CATEGORY.
-    """
-
-    row: int
-    image: str
-    box: list[float]
-    category: str
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A prompt row that produced no annotation, and why (the app's error class and reason when it refused)."""
-
-    row: int
-    image: str
-    error: str
-    reason: str
-
-
-def _parse_box(value: object) -> list[float]:
-    """`x0,y0,x1,y1` (commas or spaces, brackets allowed) or a list of four numbers -> four floats.
-
-    Only the shape is checked here; whether the box fits the image is the app's call.
-    """
-    if isinstance(value, str):
-        parts: Sequence[object] = value.strip().strip("[]()").replace(",", " ").split()
-    elif isinstance(value, (list, tuple)):
-        parts = value
-    else:
-        raise ValueError(f"box must be 'x0,y0,x1,y1' or a list of 4 numbers, got {type(value).__name__}")
-    if len(parts) != 4:
-        raise ValueError(f"box needs 4 numbers x0,y0,x1,y1, got {len(parts)}")
-    try:
-        box = [float(part) for part in parts]  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"box has a value that is not a number: {value!r}") from exc
-    if not all(math.isfinite(c) for c in box):
-        raise ValueError(f"box has a non-finite value: {value!r}")
-    return box
-
-
-def _box_from_row(row: Mapping[str, Any]) -> list[float]:
-    if row.get("box") not in (None, ""):
-        return _parse_box(row["box"])
-    corners = [row.get(name) for name in ("x0", "y0", "x1", "y1")]
-    if all(c not in (None, "") for c in corners):
-        return _parse_box(corners)
-    raise ValueError("no box: give a `box` column (x0,y0,x1,y1) or columns x0, y0, x1, y1")
-
-
-def _raw_rows(prompts_path: Path) -> list[Mapping[str, Any]]:
-    """The prompts file's rows as dicts: CSV with a header, or JSON (a list of objects, or {"prompts": [...]})."""
-    if prompts_path.suffix.lower() == ".json":
-        document = json.loads(prompts_path.read_text())
-        rows = document.get("prompts") if isinstance(document, dict) else document
-        if not isinstance(rows, list):
-            raise ValueError(f"{prompts_path}: expected a JSON list of prompt objects (or {{'prompts': [...]}})")
-        return [row if isinstance(row, dict) else {"_invalid": row} for row in rows]
-    with prompts_path.open(newline="") as stream:
-        reader = csv.DictReader(stream)
-        if reader.fieldnames is None or "image" not in reader.fieldnames:
-            raise ValueError(f"{prompts_path}: the CSV needs a header with an `image` column (and `box`)")
-        return list(reader)
-
-
-def read_prompts(prompts_path: Path) -> tuple[list[BoxPrompt], list[Failure]]:
-    """Parse the prompts file; rows without an image name or a readable box become failures, not errors."""
-    prompts: list[BoxPrompt] = []
-    failures: list[Failure] = []
-    for number, row in enumerate(_raw_rows(prompts_path), start=1):
-        image = str(row.get("image") or "").strip()
-        if not image:
-            failures.append(Failure(number, image, "InvalidRow", "no image file name"))
-            continue
-        try:
-            box = _box_from_row(row)
-        except ValueError as exc:
-            failures.append(Failure(number, image, "InvalidRow", str(exc)))
-            continue
-        category = str(row.get("label") or row.get("category") or DEFAULT_CATEGORY).strip() or DEFAULT_CATEGORY
-        prompts.append(BoxPrompt(row=number, image=image, box=box, category=category))
-    return prompts, failures
-
-
-# ---- the Ray Data stage -------------------------------------------------------------------------------
-
-
-@dataclass
-class ImageRecord:
-    """What the actor returns for one image: its size and annotations (without COCO ids) and its failures."""
-
-    path: str
-    image_key: str | None = None
-    height: int | None = None
-    width: int | None = None
-    embedded: bool = False
-    annotations: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
-
-
-class SegmentImages:
-    """The `map_batches` callable: embeds each image of a batch once, then segments its boxes by cache key.
-
-    Constructed once per actor, so the handle lookup (a round trip to the Serve controller) happens once.
-    """
-
-    def __init__(self, app_name: str, prompts_by_path: Mapping[str, list[dict[str, Any]]]) -> None:
-        from ray import serve
-
-        self.ingress = serve.get_app_handle(app_name)
-        self.prompts_by_path = prompts_by_path
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
-        paths = [str(p) for p in batch["path"]]
-        payloads = [
-            ImagePayload(type="base64", value=base64.b64encode(bytes(b)).decode("ascii")) for b in batch["bytes"]
-        ]
-        records = [ImageRecord(path=p) for p in paths]
-        # All embeds of the batch go out before any answer is awaited, so the encoder can batch them.
-        pending = [self.ingress.embed.remote(EmbedImageRequest(image=payload)) for payload in payloads]
-        for record, response in zip(records, pending, strict=True):
-            try:
-                embedded = response.result().response
-            except SamServeError as exc:
-                for prompt in self.prompts_by_path[record.path]:
-                    record.failures.append(self._failure(prompt, error_name(exc), error_reason(exc)))
-                continue
-            record.image_key = embedded.image_id
-            record.height, record.width = embedded.original_size
-            record.embedded = not embedded.cached
-        self._segment_boxes([(r, p) for r, p in zip(records, payloads, strict=True) if r.image_key is not None])
-        return {"record": [json.dumps(asdict(record)) for record in records]}
-
-    def _segment_boxes(self, images: list[tuple[ImageRecord, ImagePayload]]) -> None:
-        """Every box of these images, `PROMPTS_PER_REQUEST` boxes a request, all requests in flight at once."""
-        jobs = [
-            (record, payload, prompts[start : start + PROMPTS_PER_REQUEST])
-            for record, payload in images
-            for prompts in [self.prompts_by_path[record.path]]
-            for start in range(0, len(prompts), PROMPTS_PER_REQUEST)
-        ]
-        in_flight = [(*job, self._submit(job[0], job[2], image=None)) for job in jobs]
-        for entry in in_flight:
-            self._collect(*entry)
-
-    def _submit(self, record: ImageRecord, prompts: list[dict[str, Any]], image: ImagePayload | None) -> Any:
-        request = SegmentImageRequest(
-            image=image, image_id=record.image_key, prompts=[{"box": p["box"]} for p in prompts], format="rle"
-        )
-        return self.ingress.segment.remote(request)
-
-    def _collect(
-        self, record: ImageRecord, payload: ImagePayload, prompts: list[dict[str, Any]], response: Any
-    ) -> None:
-        """Annotations from one request's answers. A box the app refuses (`prompts.N...`) is reported and the
-        others are sent again without it; an embedding evicted meanwhile is sent again with the image."""
-        image = None
-        while prompts:
-            try:
-                try:
-                    body = response.result().body
-                except CacheMiss:  # evicted since the embed call: send the image (embedded again, same key)
-                    image = payload
-                    body = self._submit(record, prompts, image=image).result().body
-            except SamServeError as exc:
-                refused = _refused_prompt(exc, len(prompts))
-                if refused is None:
-                    record.failures.extend(self._failure(p, error_name(exc), error_reason(exc)) for p in prompts)
-                    return
-                record.failures.append(self._failure(prompts[refused], error_name(exc), error_reason(exc)))
-                prompts = prompts[:refused] + prompts[refused + 1 :]
-                response = self._submit(record, prompts, image=image) if prompts else None
-                continue
-            for prompt, result in zip(prompts, body["results"], strict=True):
-                record.annotations.append(_annotation(prompt, result))
-            return
-
-    @staticmethod
-    def _failure(prompt: Mapping[str, Any], error: str, reason: str) -> dict[str, Any]:
-        return asdict(Failure(prompt["row"], prompt["image"], error, reason))
-
-
-def _refused_prompt(exc: SamServeError, count: int) -> int | None:
-    """The index N of a refusal naming `prompts.N...` (a box the app refuses), else None (the whole request)."""
-    parts = (exc.field or "").split(".")
-    if len(parts) >= 2 and parts[0] == "prompts" and parts[1].isdigit() and int(parts[1]) < count:
-        return int(parts[1])
-    return None
-
-
-def _annotation(prompt: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
-    """A COCO annotation from one prompt's rle answer (its first mask)."""
-    rle = result["masks"][0]
-    counts = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    x, y, w, h = (float(v) for v in coco_mask.toBbox(counts))
-    return {
-        "row": prompt["row"],
-        "category": prompt["category"],
-        "segmentation": rle,
-        "area": int(coco_mask.area(counts)),
-        "bbox": [x, y, w, h],
-        "prompt_box": prompt["box"],
-        "score": float(result["scores"][0]),
-        "iscrowd": 0,
-    }
-
-
-# ---- the pipeline -------------------------------------------------------------------------------------
 
 
 def _connect(address: str | None) -> None:
@@ -326,9 +92,9 @@ def _segment_all(
 ) -> Iterator[ImageRecord]:
     import ray
 
-    if __name__ != "__main__":
-        # Imported from a file that Ray's workers cannot import (examples/ is no package): ship by value.
-        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # The stage's modules are files that Ray's workers cannot import (examples/ is no package): ship them by value.
+    for module in (SegmentImages.__module__, Failure.__module__):
+        ray.cloudpickle.register_pickle_by_value(sys.modules[module])
     prompts_by_path = {path: [asdict(p) for p in prompts] for path, prompts in by_path.items()}
     dataset = ray.data.read_binary_files(sorted(by_path), include_paths=True).map_batches(
         SegmentImages,
