@@ -25,26 +25,7 @@ from sam_core.cache import KIND_EMBEDDING, KIND_LOW_RES_LOGITS
 DECODER_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0]
 ENCODER_BOUNDARIES_S = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0]
 # A request is a click (decoder range) or, on a cache miss, a click plus an embedding (encoder range).
-REQUEST_BOUNDARIES_S = [
-    0.005,
-    0.01,
-    0.02,
-    0.03,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.3,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-]
+REQUEST_BOUNDARIES_S = [*DECODER_BOUNDARIES_S, 2.5, 5.0, 10.0, 30.0, 60.0]
 BATCH_SIZE_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0]
 # An fp16 (1, 256, 64, 64) embedding is 2 MiB + an 80-byte header; low-res logits 128 KiB + header.
 ENTRY_BYTES_BOUNDARIES = [float(2**k) for k in range(16, 25)]  # 64 KiB .. 16 MiB
@@ -53,9 +34,17 @@ CACHE_KINDS = {KIND_EMBEDDING: "embedding", KIND_LOW_RES_LOGITS: "low_res"}
 """sam_core cache kinds -> the `kind` tag value."""
 
 
-def _keys(*names: str) -> Any:
+def _keys(names: tuple[str, ...]) -> Any:
     """Tag keys as Ray wants them (its type hints say a 1-tuple, `Tuple[str]`; any tuple of names works)."""
     return names
+
+
+def _counter(name: str, tag_keys: tuple[str, ...], description: str) -> Counter:
+    return Counter(name, description=description, tag_keys=_keys(tag_keys))
+
+
+def _histogram(name: str, tag_keys: tuple[str, ...], boundaries: list[float], description: str) -> Histogram:
+    return Histogram(name, description=description, boundaries=boundaries, tag_keys=_keys(tag_keys))
 
 
 @dataclass(frozen=True)
@@ -78,81 +67,78 @@ class _Metrics:
 @functools.cache
 def _metrics() -> _Metrics:
     return _Metrics(
-        cache_requests=Counter(
+        cache_requests=_counter(
             "sam_cache_requests_total",
-            description="Cache reads, one per kind read: result is hit, miss or unavailable (cache down).",
-            tag_keys=_keys("model_id", "kind", "result"),
+            ("model_id", "kind", "result"),
+            "Cache reads, one per kind read: result is hit, miss or unavailable (cache down).",
         ),
-        cache_entry_bytes=Histogram(
+        cache_entry_bytes=_histogram(
             "sam_cache_entry_bytes",
-            description="Bytes written per cache entry (kind=embedding: bytes per cached image).",
-            boundaries=ENTRY_BYTES_BOUNDARIES,
-            tag_keys=_keys("model_id", "kind"),
+            ("model_id", "kind"),
+            ENTRY_BYTES_BOUNDARIES,
+            "Bytes written per cache entry (kind=embedding: bytes per cached image).",
         ),
-        cache_written_bytes=Counter(
+        cache_written_bytes=_counter(
             "sam_cache_written_bytes_total",
-            description="Bytes written to the cache (exact; divide by sam_cache_entry_bytes_count for the mean).",
-            tag_keys=_keys("model_id", "kind"),
+            ("model_id", "kind"),
+            "Bytes written to the cache (exact; divide by sam_cache_entry_bytes_count for the mean).",
         ),
-        encoder_batch_size=Histogram(
-            "sam_encoder_batch_size",
-            description="Images per encoder forward pass.",
-            boundaries=BATCH_SIZE_BOUNDARIES,
-            tag_keys=_keys("model_id"),
+        encoder_batch_size=_histogram(
+            "sam_encoder_batch_size", ("model_id",), BATCH_SIZE_BOUNDARIES, "Images per encoder forward pass."
         ),
-        encoder_batch_latency=Histogram(
+        encoder_batch_latency=_histogram(
             "sam_encoder_batch_latency_seconds",
-            description="Wall time of one encoder forward pass (the whole batch).",
-            boundaries=ENCODER_BOUNDARIES_S,
-            tag_keys=_keys("model_id"),
+            ("model_id",),
+            ENCODER_BOUNDARIES_S,
+            "Wall time of one encoder forward pass (the whole batch).",
         ),
-        encoder_images=Counter(
+        encoder_images=_counter(
             "sam_encoder_images_total",
-            description="Images embedded (exact; divide by sam_encoder_batch_size_count for the mean batch).",
-            tag_keys=_keys("model_id"),
+            ("model_id",),
+            "Images embedded (exact; divide by sam_encoder_batch_size_count for the mean batch).",
         ),
-        decoder_latency=Histogram(
+        decoder_latency=_histogram(
             "sam_decoder_latency_seconds",
-            description="Decoder replica time per prompt by stage: load (cache read), decode (ONNX), encode (masks), "
+            ("model_id", "stage"),
+            DECODER_BOUNDARIES_S,
+            "Decoder replica time per prompt by stage: load (cache read), decode (ONNX), encode (masks), "
             "store (low-res logits written back).",
-            boundaries=DECODER_BOUNDARIES_S,
-            tag_keys=_keys("model_id", "stage"),
         ),
-        request_latency=Histogram(
+        request_latency=_histogram(
             "sam_request_latency_seconds",
-            description="Ingress time per successful request by route, output format and embedding source "
+            ("route", "format", "source"),
+            REQUEST_BOUNDARIES_S,
+            "Ingress time per successful request by route, output format and embedding source "
             "(cache, encoder, or client-sent).",
-            boundaries=REQUEST_BOUNDARIES_S,
-            tag_keys=_keys("route", "format", "source"),
         ),
-        errors=Counter(
+        errors=_counter(
             "sam_errors_total",
-            description="Error responses by error type (the body's `error`; internal: unhandled) and route.",
-            tag_keys=_keys("error", "route"),
+            ("error", "route"),
+            "Error responses by error type (the body's `error`; internal: unhandled) and route.",
         ),
-        everything_points=Counter(
+        everything_points=_counter(
             "sam_everything_points_total",
-            description="Point prompts decoded by segment-everything runs (counted after each batch: progress).",
-            tag_keys=_keys("model_id"),
+            ("model_id",),
+            "Point prompts decoded by segment-everything runs (counted after each batch: progress).",
         ),
-        everything_runs=Counter(
+        everything_runs=_counter(
             "sam_everything_runs_total",
-            description="Segment-everything runs ended, by result: done, cancelled (the client left) or failed.",
-            tag_keys=_keys("model_id", "result"),
+            ("model_id", "result"),
+            "Segment-everything runs ended, by result: done, cancelled (the client left) or failed.",
         ),
-        embed_flights=Counter(
+        embed_flights=_counter(
             "sam_embed_flights_total",
-            description="Requests that needed a new image's embedding, by how they got it (single flight): holder "
+            ("model_id", "role"),
+            "Requests that needed a new image's embedding, by how they got it (single flight): holder "
             "(ran the encoder holding the image's lock), joined (shared a run of the same ingress replica), waited "
             "(another replica's run landed), landed (cached by the time it asked), own (ran it without the lock: "
             "cache down, another image under its image_id, or it waited embed_wait_s).",
-            tag_keys=_keys("model_id", "role"),
         ),
-        tenant_requests=Counter(
+        tenant_requests=_counter(
             "sam_tenant_requests_total",
-            description="Authenticated requests answered, by tenant (a configured name) and HTTP status (429: over "
+            ("tenant", "status"),
+            "Authenticated requests answered, by tenant (a configured name) and HTTP status (429: over "
             "the tenant's bound on requests in flight).",
-            tag_keys=_keys("tenant", "status"),
         ),
     )
 

@@ -24,48 +24,31 @@ __all__ = [
 ]
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import httpx
 import numpy as np
 
 from sam_core.async_client import AsyncSamClient
+from sam_core.client_core import HEALTHZ_CALL, MODELS_CALL, READYZ_CALL, AnswerT, Call, ClientCore, SegmentImageFields
 from sam_core.wire.calls import (
-    DEFAULT_TIMEOUT_S,
     ImageLike,
     JsonFormat,
     SamClientError,
     SegmentArrays,
-    client_headers,
-    embed_request_body,
-    everything_request_body,
-    json_object,
-    parse_embed_response,
-    parse_everything_response,
-    parse_models,
-    parse_prompts_response,
-    parse_readiness,
-    parse_segment_response,
-    prompts_request_body,
     raise_for_error,
     segment_request_body,
-    with_model,
 )
-from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingResponse
-from sam_core.wire.schemas import (
-    EMBED_ROUTE,
-    MODELS_ROUTE,
-    SEGMENT_ROUTE,
-    EmbedImageResponse,
-    SegmentImageResponse,
-    SegmentPromptsResponse,
-    ServedModelInfo,
-)
+from sam_core.wire.everything import SegmentEverythingResponse
+from sam_core.wire.schemas import EmbedImageResponse, SegmentImageResponse, SegmentPromptsResponse, ServedModelInfo
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # ---- the clients ---------------------------------------------------------------------------------------
 
 
-class SamClient:
+class SamClient(ClientCore[httpx.Client]):
     """Synchronous client; one keep-alive connection pool per instance (not thread-safe to close mid-call).
 
     Args:
@@ -78,17 +61,12 @@ class SamClient:
     reached; `pydantic.ValidationError` (or ValueError/TypeError) for a request refused before sending.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT_S,
-        api_key: str | None = None,
-        model: str | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=client_headers(api_key))
+    @staticmethod
+    def _connection_pool(base_url: str, timeout: float | None, headers: dict[str, str]) -> httpx.Client:
+        return httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+
+    def _send(self, call: Call[AnswerT]) -> AnswerT:
+        return call.read(self._http.request(call.method, call.route, json=call.body))
 
     def close(self) -> None:
         self._http.close()
@@ -121,60 +99,18 @@ class SamClient:
             json: the same with `embeddings`, the seed's nested lists (~12.5 MB over the wire).
             binary: the float32 (1, 256, 64, 64) embedding, usable as `segment_image(embeddings=...)`.
         """
-        body = embed_request_body(image, image_id=image_id, format=format)
-        return parse_embed_response(self._http.post(EMBED_ROUTE, json=with_model(body, self.model)), format)
+        return self._send(self._embed_call(image, image_id=image_id, format=format))
 
     @overload
     def segment_image(
-        self,
-        *,
-        image: ImageLike | None = ...,
-        image_id: str | None = ...,
-        point_coords: Any = ...,
-        point_labels: Any = ...,
-        box: Any = ...,
-        multimask_output: bool = ...,
-        mask_input: Any = ...,
-        use_mask_input_cache: bool = ...,
-        has_mask_input: bool | None = ...,
-        embeddings: np.ndarray | None = ...,
-        orig_im_size: Any = ...,
-        format: JsonFormat = ...,
+        self, *, format: JsonFormat = ..., **fields: Unpack[SegmentImageFields]
     ) -> SegmentImageResponse: ...
 
     @overload
-    def segment_image(
-        self,
-        *,
-        image: ImageLike | None = ...,
-        image_id: str | None = ...,
-        point_coords: Any = ...,
-        point_labels: Any = ...,
-        box: Any = ...,
-        multimask_output: bool = ...,
-        mask_input: Any = ...,
-        use_mask_input_cache: bool = ...,
-        has_mask_input: bool | None = ...,
-        embeddings: np.ndarray | None = ...,
-        orig_im_size: Any = ...,
-        format: Literal["binary"],
-    ) -> SegmentArrays: ...
+    def segment_image(self, *, format: Literal["binary"], **fields: Unpack[SegmentImageFields]) -> SegmentArrays: ...
 
     def segment_image(
-        self,
-        *,
-        image: ImageLike | None = None,
-        image_id: str | None = None,
-        point_coords: Any = None,
-        point_labels: Any = None,
-        box: Any = None,
-        multimask_output: bool = False,
-        mask_input: Any = None,
-        use_mask_input_cache: bool = True,
-        has_mask_input: bool | None = None,
-        embeddings: np.ndarray | None = None,
-        orig_im_size: Any = None,
-        format: str = "json",
+        self, *, format: str = "json", **fields: Unpack[SegmentImageFields]
     ) -> SegmentImageResponse | SegmentArrays:
         """Masks for a prompt. The embedding comes from `embeddings`, else the cache (`image_id`), else `image`.
 
@@ -198,21 +134,7 @@ class SamClient:
         Returns:
             SegmentImageResponse for json/rle/png; SegmentArrays for binary.
         """
-        body = segment_request_body(
-            image=image,
-            image_id=image_id,
-            point_coords=point_coords,
-            point_labels=point_labels,
-            box=box,
-            multimask_output=multimask_output,
-            mask_input=mask_input,
-            use_mask_input_cache=use_mask_input_cache,
-            has_mask_input=has_mask_input,
-            embeddings=embeddings,
-            orig_im_size=orig_im_size,
-            format=format,
-        )
-        return parse_segment_response(self._http.post(SEGMENT_ROUTE, json=with_model(body, self.model)), format)
+        return self._send(self._segment_call(format=format, **fields))
 
     def segment_prompts(
         self, prompts: Sequence[Mapping[str, Any]], *, format: str = "json", **image: Any
@@ -230,8 +152,7 @@ class SamClient:
             SegmentPromptsResponse (`results`, one per prompt) for json/rle/png; for binary, SegmentArrays with
             masks (P, M, H, W), low_res_masks (P, M, 256, 256) and scores (P, M).
         """
-        body = prompts_request_body(prompts, format=format, **image)
-        return parse_prompts_response(self._http.post(SEGMENT_ROUTE, json=with_model(body, self.model)), format)
+        return self._send(self._prompts_call(prompts, format=format, **image))
 
     def segment_everything(
         self, image: ImageLike | None = None, *, image_id: str | None = None, format: str = "rle", **options: Any
@@ -240,17 +161,16 @@ class SamClient:
         cached embedding). `options`: the generator's parameters (`points_per_side`, `pred_iou_thresh`, ...,
         its defaults when not given); `format`: rle (COCO), json (polygons) or png. Closing the client (or its
         timeout) mid-run stops the run on the server."""
-        body = everything_request_body(image, image_id=image_id, format=format, **options)
-        return parse_everything_response(self._http.post(EVERYTHING_ROUTE, json=with_model(body, self.model)))
+        return self._send(self._everything_call(image, image_id=image_id, format=format, **options))
 
     def models(self) -> list[ServedModelInfo]:
         """GET /sam/models: the served models (id, model_type, default, checkpoint_sha256, model_id, loaded)."""
-        return parse_models(self._http.get(MODELS_ROUTE))
+        return self._send(MODELS_CALL)
 
     def healthz(self) -> dict[str, Any]:
         """GET /healthz: `{"status": "ok"}` while the ingress answers."""
-        return json_object(self._http.get("/healthz"))
+        return self._send(HEALTHZ_CALL)
 
     def readyz(self) -> dict[str, Any]:
         """GET /readyz: `{"ready": bool, "model_id", "cache", ...}`; a 503 "not ready" is returned, not raised."""
-        return parse_readiness(self._http.get("/readyz"))
+        return self._send(READYZ_CALL)

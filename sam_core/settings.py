@@ -11,8 +11,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# ImageLimits is imported from here all over the tree; it lives with the env-first machinery it shares.
+from sam_core.image_limits import EnvFirst, EnvFirstImageLimits, ImageLimits, env_first_image_limits
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 """Largest HTTP request body by default: a 20 MiB image as base64 (27 MiB) with room for the rest."""
@@ -28,29 +41,14 @@ def default_ui_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "web"
 
 
-class ImageLimits(BaseSettings):
-    """What an input image may be; enforced before any pixel reaches the model."""
+def _unset(description: str) -> Any:
+    """A field that is None (unset) unless configured."""
+    return Field(default=None, description=description)
 
-    model_config = SettingsConfigDict(env_prefix="SAM_IMAGE_", extra="forbid")
 
-    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="largest encoded image accepted")
-    max_pixels: int = Field(default=50_000_000, gt=0, description="largest width*height accepted (decompression bombs)")
-    max_side: int = Field(default=16_384, gt=0, description="longest side accepted, in pixels")
-    formats: tuple[str, ...] = Field(
-        default=("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"), description="PIL format names accepted"
-    )
-    allow_url: bool = Field(default=False, description="fetch http(s) image URLs (off: SSRF risk)")
-    url_timeout_s: float = Field(
-        default=10.0, gt=0, description="one deadline per URL fetch: DNS, connect, headers, body and redirects"
-    )
-    max_url_fetches: int = Field(
-        default=8,
-        gt=0,
-        description="URL fetches one ingress replica runs at once (the rest wait, within their deadline)",
-    )
-    allow_private_urls: bool = Field(
-        default=False, description="allow URLs resolving to private/loopback addresses (tests only)"
-    )
+def _off(description: str) -> Any:
+    """A switch that is off unless configured."""
+    return Field(default=False, description=description)
 
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -64,9 +62,9 @@ class ModelSpec(BaseModel):
 
     id: str = Field(pattern=MODEL_ID_PATTERN, description="short id requests name in `model`, e.g. vit_b, medsam")
     model_type: str = Field(description="architecture: vit_h, vit_l, vit_b or vit_tiny")
-    checkpoint: str | None = Field(default=None, description="local checkpoint path")
-    checkpoint_url: str | None = Field(default=None, description="download from this URL (verified by sha256)")
-    checkpoint_sha256: str | None = Field(default=None, description="expected sha256 of the checkpoint")
+    checkpoint: str | None = _unset("local checkpoint path")
+    checkpoint_url: str | None = _unset("download from this URL (verified by sha256)")
+    checkpoint_sha256: str | None = _unset("expected sha256 of the checkpoint")
 
     @field_validator("checkpoint_sha256")
     @classmethod
@@ -84,16 +82,11 @@ class Settings(BaseSettings):
     model_type: str = Field(
         default="vit_h", description="vit_h, vit_l, vit_b or vit_tiny (sam_core.model.registry.MODEL_REGISTRY)"
     )
-    checkpoint: str | None = Field(
-        default=None,
-        description="local checkpoint path; when unset the official checkpoint is downloaded to cache_dir",
+    checkpoint: str | None = _unset(
+        "local checkpoint path; when unset the official checkpoint is downloaded to cache_dir"
     )
-    checkpoint_url: str | None = Field(
-        default=None, description="download the checkpoint from this mirror instead of the official URL"
-    )
-    checkpoint_sha256: str | None = Field(
-        default=None, description="expected sha256 of the checkpoint; overrides the registry's value"
-    )
+    checkpoint_url: str | None = _unset("download the checkpoint from this mirror instead of the official URL")
+    checkpoint_sha256: str | None = _unset("expected sha256 of the checkpoint; overrides the registry's value")
     models: tuple[ModelSpec, ...] = Field(
         default=(),
         description="several served models (env SAM_MODELS as JSON), the first the default; unset: the one model "
@@ -118,29 +111,25 @@ class Settings(BaseSettings):
         default=True, description="image-encoder attention through scaled_dot_product_attention"
     )
     encoder_channels_last: bool = Field(default=True, description="channels-last layout in the image encoder")
-    encoder_compile: bool = Field(
-        default=False,
-        description="torch.compile the image encoder: compiled on first use of each batch size (tens of seconds), "
-        "needs a C++ compiler on the CPU",
+    encoder_compile: bool = _off(
+        "torch.compile the image encoder: compiled on first use of each batch size (tens of seconds), "
+        "needs a C++ compiler on the CPU"
     )
-    decoder_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = CPUs")
+    decoder_threads: NonNegativeInt = Field(default=0, description="ONNX Runtime intra-op threads; 0 = CPUs")
     decoder_providers: tuple[str, ...] = Field(default=("CPUExecutionProvider",))
-    decoder_spinning: bool = Field(
-        default=False,
-        description="ONNX Runtime's idle threads busy-wait (fastest in a process alone); false (default): they "
+    decoder_spinning: bool = _off(
+        "ONNX Runtime's idle threads busy-wait (fastest in a process alone); false (default): they "
         "sleep, leaving the cores to the ingress and proxy beside them (clicks 0.88x quiet, 0.78x beside a busy "
-        "process, side by side)",
+        "process, side by side)"
     )
-    decoder_quantize: bool = Field(default=False, description="int8 dynamic quantisation of the decoder")
-    decoder_local_cache_bytes: int = Field(
+    decoder_quantize: bool = _off("int8 dynamic quantisation of the decoder")
+    decoder_local_cache_bytes: NonNegativeInt = Field(
         default=256 * 1024 * 1024,
-        ge=0,
         description="per decoder replica: decoded embeddings kept locally (4 MiB each), checked against the "
         "shared cache by an 8-byte tag on every click; 0 = read every embedding in full",
     )
-    everything_max_points: int = Field(
+    everything_max_points: PositiveInt = Field(
         default=16_384,
-        gt=0,
         description="segment everything: most point prompts one run decodes (points_per_side^2 over every crop "
         "layer's crops), refused up front with a 422 naming points_per_side; the default is one 128x128 grid",
     )
@@ -150,14 +139,13 @@ class Settings(BaseSettings):
         description="segment everything: most bytes of float32 full-size logits one batch of points may hold "
         "(points_per_batch x 3 x H x W x 4; a run peaks at about twice that); more is a 413 naming points_per_batch",
     )
-    redis_url: SecretStr | None = Field(
-        default=None,
-        description="redis://[:password@]host:port/db; None = in-memory cache (a secret: it may carry the password, "
-        "so it never shows in logs or settings dumps)",
+    redis_url: SecretStr | None = _unset(
+        "redis://[:password@]host:port/db; None = in-memory cache (a secret: it may carry the password, "
+        "so it never shows in logs or settings dumps)"
     )
-    cache_ttl_s: int = Field(default=3600, gt=0, description="time to live of every cached entry")
-    cache_timeout_s: float = Field(default=0.5, gt=0, description="Redis socket timeout per operation")
-    memory_cache_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="in-memory LRU bound")
+    cache_ttl_s: PositiveInt = Field(default=3600, description="time to live of every cached entry")
+    cache_timeout_s: PositiveFloat = Field(default=0.5, description="Redis socket timeout per operation")
+    memory_cache_bytes: PositiveInt = Field(default=512 * 1024 * 1024, description="in-memory LRU bound")
     embed_lock_ttl_s: float = Field(
         default=10.0,
         ge=0.5,
@@ -173,60 +161,52 @@ class Settings(BaseSettings):
         "it has the image embedded itself (0: never wait)",
     )
     images: ImageLimits = Field(default_factory=ImageLimits)
-    labelstudio_url: str | None = Field(
-        default=None,
-        description="the Label Studio server whose task images the /labelstudio backend fetches (relative task URLs "
-        "resolve against it; its host is fetched with the token, whatever the URL-fetch rules say)",
+    labelstudio_url: str | None = _unset(
+        "the Label Studio server whose task images the /labelstudio backend fetches (relative task URLs "
+        "resolve against it; its host is fetched with the token, whatever the URL-fetch rules say)"
     )
-    labelstudio_token: SecretStr | None = Field(
-        default=None,
-        description="Label Studio API token for fetching task images (a legacy token, or a personal access token "
-        "exchanged for access tokens); unset: the token Label Studio's /setup sends for a matching hostname",
+    labelstudio_token: SecretStr | None = _unset(
+        "Label Studio API token for fetching task images (a legacy token, or a personal access token "
+        "exchanged for access tokens); unset: the token Label Studio's /setup sends for a matching hostname"
     )
-    labelstudio_accept_setup_token: bool = Field(
-        default=False,
-        description="when labelstudio_token is unset, use the token Label Studio's /setup sends (for "
-        "labelstudio_url's host only); off: /setup installs nothing, whoever calls it",
+    labelstudio_accept_setup_token: bool = _off(
+        "when labelstudio_token is unset, use the token Label Studio's /setup sends (for "
+        "labelstudio_url's host only); off: /setup installs nothing, whoever calls it"
     )
-    labelstudio_backend_password: SecretStr | None = Field(
-        default=None,
-        description="Label Studio's own credential for /labelstudio (its ML backend connection's Basic "
+    labelstudio_backend_password: SecretStr | None = _unset(
+        "Label Studio's own credential for /labelstudio (its ML backend connection's Basic "
         "Authentication password, or a bearer token): when set, /labelstudio takes only it, no tenant token, and "
-        "it opens nothing else",
+        "it opens nothing else"
     )
     ui_dir: Path = Field(
         default_factory=default_ui_dir,
         description="the labelling page's folder: ui/ (the page) and node_modules/onnxruntime-web (npm ci); the "
         "page answers 404 naming this setting when the folder is missing",
     )
-    auth_token: SecretStr | None = Field(
-        default=None,
-        description="when set, /sam/* routes require `Authorization: Bearer <token>` (the one-tenant form: the "
-        "token of tenant `default`)",
+    auth_token: SecretStr | None = _unset(
+        "when set, /sam/* routes require `Authorization: Bearer <token>` (the one-tenant form: the "
+        "token of tenant `default`)"
     )
     auth_tokens: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="tenants: name -> bearer token (SAM_AUTH_TOKENS as a JSON object); each tenant's image_ids and "
         "low-res logits live apart, another tenant's id is a 404",
     )
-    auth_tokens_file: Path | None = Field(
-        default=None,
-        description="a JSON object file of tenant -> token, read when a replica starts (a mounted Kubernetes "
-        "Secret); merged with auth_tokens",
+    auth_tokens_file: Path | None = _unset(
+        "a JSON object file of tenant -> token, read when a replica starts (a mounted Kubernetes "
+        "Secret); merged with auth_tokens"
     )
-    auth_required: bool = Field(
-        default=False,
-        description="refuse to start (a clear error) when no token is configured: a cluster whose token Secret "
-        "is empty fails loudly instead of serving everyone",
+    auth_required: bool = _off(
+        "refuse to start (a clear error) when no token is configured: a cluster whose token Secret "
+        "is empty fails loudly instead of serving everyone"
     )
-    tenant_max_in_flight: int = Field(
+    tenant_max_in_flight: PositiveInt = Field(
         default=32,
-        gt=0,
         description="with auth on: most requests one tenant may have in flight on one ingress replica (more: "
         "429 with Retry-After)",
     )
-    max_body_bytes: int = Field(
-        default=DEFAULT_MAX_BODY_BYTES, gt=0, description="largest HTTP request body (base64 images, embeddings)"
+    max_body_bytes: PositiveInt = Field(
+        default=DEFAULT_MAX_BODY_BYTES, description="largest HTTP request body (base64 images, embeddings)"
     )
 
     @classmethod
@@ -304,39 +284,12 @@ class Settings(BaseSettings):
         return self.redis_url.get_secret_value() if self.redis_url else None
 
 
-class _EnvFirst:
-    """Mixin for a settings class whose environment variables win over the arguments given."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return env_settings, init_settings, dotenv_settings, file_secret_settings
-
-
-class _EnvFirstImageLimits(_EnvFirst, ImageLimits):
-    """`ImageLimits` whose `SAM_IMAGE_*` variables win over the arguments given."""
-
-
-class _EnvFirstSettings(_EnvFirst, Settings):
+class _EnvFirstSettings(EnvFirst, Settings):
     """`Settings` whose `SAM_*` variables win over the arguments given (`Settings.with_env_overrides`)."""
 
-    images: _EnvFirstImageLimits = Field(default_factory=_EnvFirstImageLimits)
+    images: EnvFirstImageLimits = Field(default_factory=EnvFirstImageLimits)
 
     @field_validator("images", mode="before")
     @classmethod
     def _images_read_their_environment(cls, value: Any) -> Any:
-        # A nested settings model given as a dict is validated without reading its environment: build it.
-        if isinstance(value, ImageLimits):
-            value = value.model_dump(exclude_unset=True)
-        if not isinstance(value, Mapping):
-            return value
-        try:
-            return _EnvFirstImageLimits(**value)
-        except ValidationError as exc:  # named under `images` like any other field's error
-            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        return env_first_image_limits(value)

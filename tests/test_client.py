@@ -68,6 +68,13 @@ def embedded(client: SamClient, image: np.ndarray, label: str) -> str:
     return image_id
 
 
+def embedded_with_click(
+    client: SamClient, image: np.ndarray, rng: np.random.Generator, label: str
+) -> tuple[str, list[list[float]]]:
+    """The id of `image`, embedded, and one click inside it (original-image pixels)."""
+    return embedded(client, image, label), click_in(image, rng)
+
+
 # ---- embed_image ----------------------------------------------------------------------------------------
 
 
@@ -141,8 +148,7 @@ def test_segment_binary_returns_bool_masks_and_float32_low_res_logits(
 def test_segment_rle_and_png_decode_to_the_binary_masks(
     client: SamClient, image: np.ndarray, rng: np.random.Generator
 ) -> None:
-    image_id = embedded(client, image, "segment-rle-png")
-    click = click_in(image, rng)
+    image_id, click = embedded_with_click(client, image, rng, "segment-rle-png")
 
     arrays = client.segment_image(image_id=image_id, point_coords=click, format="binary")
     rle = client.segment_image(image_id=image_id, point_coords=click, format="rle")
@@ -169,8 +175,7 @@ def test_segment_box_alone_returns_a_mask(client: SamClient, image: np.ndarray) 
 def test_low_res_masks_of_a_binary_answer_feed_back_as_mask_input(
     client: SamClient, image: np.ndarray, rng: np.random.Generator
 ) -> None:
-    image_id = embedded(client, image, "mask-input")
-    click = click_in(image, rng)
+    image_id, click = embedded_with_click(client, image, rng, "mask-input")
     first = client.segment_image(image_id=image_id, point_coords=click, format="binary")
 
     refined = client.segment_image(
@@ -346,20 +351,7 @@ def test_a_grey_array_and_a_non_rgb_pil_image_are_accepted(client: SamClient, rn
 )
 def test_what_is_not_an_image_is_refused_before_sending(value: object, error: type[Exception]) -> None:
     with pytest.raises(error):
-        segment_request_body(
-            image=value,  # type: ignore[arg-type]
-            image_id=None,
-            point_coords=None,
-            point_labels=None,
-            box=None,
-            multimask_output=False,
-            mask_input=None,
-            use_mask_input_cache=True,
-            has_mask_input=None,
-            embeddings=None,
-            orig_im_size=None,
-            format="json",
-        )
+        _body(image=value)
 
 
 # ---- request bodies -------------------------------------------------------------------------------------
