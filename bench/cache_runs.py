@@ -56,7 +56,8 @@ def encoder_runs(bench: Bench, report: Report, clicks: int) -> None:
 
     from sam_core.cache import KINDS, MemoryEmbeddingCache, cache_key
     from sam_core.model.encoder import ImageEncoder
-    from sam_core.service import DecoderService, EncoderService
+    from sam_core.services.decoder import DecoderService
+    from sam_core.services.encoder import EncoderService
     from sam_core.wire.schemas import SegmentJob
 
     print(f"[7] encoder runs per {clicks}-click session, 2 decoder replicas vs 2 per-process-cache workers", flush=True)

@@ -126,7 +126,7 @@ def encoder_batching(bench: Bench, report: Report, model_type: str, batch: int, 
     import torch
     from segment_anything import SamPredictor
 
-    from sam_core.service import configured_encoder
+    from sam_core.services.configured import configured_encoder
 
     print(f"[4] encoder, {model_type}: batch of {batch} vs one at a time vs SamPredictor", flush=True)
     model = bench.load(model_type)

@@ -40,7 +40,7 @@ def _two_models(bench: Bench, model_type: str) -> list[dict[str, str]]:
 
 
 def _export_decoders(bench: Bench, specs: list[dict[str, str]]) -> None:
-    from sam_core.service import open_decoder
+    from sam_core.services.configured import open_decoder
 
     for spec in specs:
         settings = bench.settings(spec["model_type"], models=specs).for_model(spec["id"])

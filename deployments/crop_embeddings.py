@@ -19,9 +19,9 @@ from deployments.off_loop import off_loop
 from sam_core.cache import EmbeddingCache
 from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded
-from sam_core.model.everything import check_grid, check_options, check_work, crop_boxes
+from sam_core.model.mask_generator import check_grid, check_options, check_work, crop_boxes
 from sam_core.settings import Settings
-from sam_core.wire.everything import (
+from sam_core.wire.generator_schemas import (
     EVERYTHING_ROUTE,
     EverythingJob,
     SegmentEverythingRequest,

@@ -18,12 +18,12 @@ from deployments.replica_models import ReplicaModels
 from deployments.resident_memory import resident_bytes
 from sam_core.cache import LocallyCopiedCache
 from sam_core.cache.configured import decoder_cache
-from sam_core.everything_service import EverythingService
 from sam_core.model.build import ModelIdentity
 from sam_core.model.decoder import DecoderGraph
-from sam_core.service import DecoderService
+from sam_core.services.decoder import DecoderService
+from sam_core.services.generator import EverythingService
 from sam_core.settings import Settings
-from sam_core.wire.everything import EverythingJob
+from sam_core.wire.generator_schemas import EverythingJob
 from sam_core.wire.schemas import SegmentJob, SegmentResult
 
 log = logging.getLogger("ray.serve")

@@ -19,7 +19,7 @@ from sam_core.cache import KIND_EMBEDDING
 from sam_core.cache.configured import cache_from_settings
 from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.model.encoder import DEFAULT_MAX_BATCH_SIZE
-from sam_core.service import EncoderService
+from sam_core.services.encoder import EncoderService
 from sam_core.settings import Settings
 
 log = logging.getLogger("ray.serve")

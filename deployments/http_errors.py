@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import metrics
 from sam_core.errors import SamServeError
-from sam_core.wire.everything import SegmentEverythingRequest
+from sam_core.wire.generator_schemas import SegmentEverythingRequest
 from sam_core.wire.schemas import EmbedImageRequest, ErrorResponse, ImagePayload, SegmentImageRequest, SegmentPrompt
 
 # The error statuses the API routes answer, documented in OpenAPI with the one error body they all use.

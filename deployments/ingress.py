@@ -28,7 +28,7 @@ from deployments.ui import UiFiles
 from sam_core.cache.configured import cache_from_settings
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded
 from sam_core.settings import Settings
-from sam_core.wire.everything import SegmentEverythingRequest
+from sam_core.wire.generator_schemas import SegmentEverythingRequest
 from sam_core.wire.image_ids import DEFAULT_TENANT, check_content_id, image_keys
 from sam_core.wire.jobs import client_embedding, explicit_mask_input, prompt_mask_inputs, segment_job
 from sam_core.wire.npy import embedding_to_npy

@@ -17,7 +17,7 @@ from deployments.model_routing import ModelRouting
 from deployments.off_loop import OffLoopJSONRoute, off_loop
 from deployments.ui import UI_PREFIX, VENDOR_PREFIX, UiFiles, embedding_headers, redirect_to_page
 from sam_core.settings import MODEL_ID_PATTERN
-from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingRequest, SegmentEverythingResponse
+from sam_core.wire.generator_schemas import EVERYTHING_ROUTE, SegmentEverythingRequest, SegmentEverythingResponse
 from sam_core.wire.image_ids import DEFAULT_TENANT, check_client_image_id
 from sam_core.wire.schemas import (
     DECODER_FILE_ROUTE,

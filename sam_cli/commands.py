@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sam_cli.arguments import settings_from
 from sam_core.errors import ConfigurationError
-from sam_core.everything import EverythingOptions
+from sam_core.generator_options import EverythingOptions
 
 if TYPE_CHECKING:
     from sam_core.model.build import LoadedModel
@@ -32,7 +32,7 @@ def cmd_make_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from sam_core.service import resolve_configured_checkpoint
+    from sam_core.services.configured import resolve_configured_checkpoint
 
     settings = settings_from(args)
     path, sha256 = resolve_configured_checkpoint(settings)
@@ -42,7 +42,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_export_decoder(args: argparse.Namespace) -> int:
     from sam_core.model.decoder import ensure_decoder_file
-    from sam_core.service import load_configured_model
+    from sam_core.services.configured import load_configured_model
 
     settings = settings_from(args)
     model = load_configured_model(settings, device="cpu")
@@ -62,7 +62,7 @@ def cmd_export_decoder(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace) -> tuple[Settings, LoadedModel, OnnxDecoder, LoadedImage, dict[str, float]]:
     """The in-process commands' start: settings, the model and its decoder (timed as load_s), the image."""
-    from sam_core.service import configured_decoder, load_configured_model
+    from sam_core.services.configured import configured_decoder, load_configured_model
     from sam_core.wire.images import decode_image_bytes
 
     settings = settings_from(args)
@@ -78,7 +78,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
     from sam_core.model.prompts import build_prompt
-    from sam_core.service import configured_encoder
+    from sam_core.services.configured import configured_encoder
     from sam_core.wire.masks import encode_png, encode_rle, mask_to_polygon
 
     settings, model, decoder, image, timings = _load(args)
@@ -129,10 +129,10 @@ def cmd_everything(args: argparse.Namespace) -> int:
     import numpy as np
     from pydantic import ValidationError
 
-    from sam_core.everything_service import encode_records
-    from sam_core.model.everything import check_options, crop_boxes, generate_everything
-    from sam_core.service import configured_encoder
-    from sam_core.wire.everything import SegmentEverythingRequest
+    from sam_core.model.mask_generator import check_options, crop_boxes, generate_everything
+    from sam_core.services.configured import configured_encoder
+    from sam_core.services.generator import encode_records
+    from sam_core.wire.generator_schemas import SegmentEverythingRequest
 
     given = {name: value for name, value in vars(args).items() if name in GENERATOR_FLAGS and value is not None}
     try:

@@ -26,7 +26,7 @@ from sam_cli.arguments import (
 from sam_cli.local_redis import LocalRedis, redis_answers
 from sam_core.errors import ConfigurationError
 from sam_core.settings import Settings
-from sam_core.wire.everything import EVERYTHING_ROUTE
+from sam_core.wire.generator_schemas import EVERYTHING_ROUTE
 from sam_core.wire.schemas import DECODER_FILE_ROUTE, EMBED_ROUTE, SEGMENT_ROUTE
 
 log = logging.getLogger(__name__)

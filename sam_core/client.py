@@ -39,7 +39,7 @@ from sam_core.wire.calls import (
     raise_for_error,
     segment_request_body,
 )
-from sam_core.wire.everything import SegmentEverythingResponse
+from sam_core.wire.generator_schemas import SegmentEverythingResponse
 from sam_core.wire.schemas import EmbedImageResponse, SegmentImageResponse, SegmentPromptsResponse, ServedModelInfo
 
 if TYPE_CHECKING:

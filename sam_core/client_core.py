@@ -32,7 +32,7 @@ from sam_core.wire.calls import (
     segment_request_body,
     with_model,
 )
-from sam_core.wire.everything import EVERYTHING_ROUTE, SegmentEverythingResponse
+from sam_core.wire.generator_schemas import EVERYTHING_ROUTE, SegmentEverythingResponse
 from sam_core.wire.schemas import (
     EMBED_ROUTE,
     MODELS_ROUTE,

@@ -168,7 +168,7 @@ def test_the_decoder_service_refuses_an_entry_whose_size_is_over_the_image_limit
 
     from sam_core.cache import MemoryEmbeddingCache
     from sam_core.errors import ImageTooLarge
-    from sam_core.service import DecoderService
+    from sam_core.services.decoder import DecoderService
     from sam_core.settings import ImageLimits
     from sam_core.wire.schemas import SegmentJob
 

@@ -22,7 +22,7 @@ from sam_core.embedding import EncoderInput
 from sam_core.errors import ConfigurationError, InvalidInput
 from sam_core.model.build import LoadedModel, build_sam
 from sam_core.model.encoder import ImageEncoder
-from sam_core.service import EncoderService
+from sam_core.services.encoder import EncoderService
 from sam_core.settings import Settings
 from sam_core.wire.images import resize_to_input_frame
 

@@ -26,11 +26,11 @@ from sam_cli.main import main
 from sam_core.client import AsyncSamClient, SamClient, SamClientError
 from sam_core.embedding import ImageEmbedding
 from sam_core.errors import ImageTooLarge, InvalidInput
-from sam_core.everything import EverythingOptions
+from sam_core.generator_options import EverythingOptions
 from sam_core.model.build import LoadedModel
 from sam_core.model.decoder import OnnxDecoder
 from sam_core.model.encoder import ImageEncoder
-from sam_core.model.everything import (
+from sam_core.model.mask_generator import (
     GenerationCancelled,
     check_options,
     check_work,
@@ -39,7 +39,7 @@ from sam_core.model.everything import (
     points_to_decode,
     total_points,
 )
-from sam_core.wire.everything import SegmentEverythingRequest, SegmentEverythingResponse
+from sam_core.wire.generator_schemas import SegmentEverythingRequest, SegmentEverythingResponse
 from sam_core.wire.masks import polygons_to_mask
 from tests.conftest import ServeApp, png_to_mask, rle_to_mask, second_app
 

@@ -22,7 +22,7 @@ from sam_core.errors import ImageTooLarge, InvalidInput
 from sam_core.model.build import LoadedModel
 from sam_core.model.decoder import OnnxDecoder
 from sam_core.model.encoder import ImageEncoder
-from sam_core.service import DecoderService
+from sam_core.services.decoder import DecoderService
 from sam_core.settings import ImageLimits
 from sam_core.wire.jobs import prompt_mask_inputs, segment_job
 from sam_core.wire.npy import npz_to_prompts, npz_to_segment
@@ -163,7 +163,7 @@ def test_a_bad_prompt_is_refused_by_its_index_before_any_is_decoded(scene: tuple
 
 
 def test_a_binary_answer_over_the_mask_budget_is_refused(scene: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sam_core import service as service_module
+    from sam_core.services import decoder as service_module
 
     service, _, embedding = scene
     prompts = mixed_prompts(np.random.default_rng(), embedding.original_size)

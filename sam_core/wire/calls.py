@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from sam_core.errors import InvalidInput
 from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
-from sam_core.wire.everything import SegmentEverythingRequest, SegmentEverythingResponse
+from sam_core.wire.generator_schemas import SegmentEverythingRequest, SegmentEverythingResponse
 from sam_core.wire.npy import npy_to_embedding, npz_to_prompts, npz_to_segment
 from sam_core.wire.schemas import (
     EmbedImageRequest,

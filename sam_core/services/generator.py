@@ -14,9 +14,9 @@ from typing import Any
 
 from sam_core.embedding import ImageEmbedding
 from sam_core.errors import CacheMiss
-from sam_core.model.everything import MAX_BATCH_LOGIT_BYTES, check_options, generate_everything, total_points
-from sam_core.service import DecoderService
-from sam_core.wire.everything import EverythingJob
+from sam_core.model.mask_generator import MAX_BATCH_LOGIT_BYTES, check_options, generate_everything, total_points
+from sam_core.services.decoder import DecoderService
+from sam_core.wire.generator_schemas import EverythingJob
 from sam_core.wire.image_checks import check_image_size
 from sam_core.wire.masks import encode_png, mask_to_polygon
 from sam_core.wire.schemas import SegmentResult

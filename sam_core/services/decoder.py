@@ -1,157 +1,38 @@
-"""The encoder and decoder services: model + cache + output encoding, ready for any host process.
-
-A Ray Serve replica, the CLI or a test constructs one of these from `Settings` and calls it; the services
-hold no Ray code and the deployments hold no model math.
-"""
+"""The decoder service: a job's embedding from the job or the cache, the ONNX decoder, the low-res logits back
+to the cache, the masks encoded."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
 from concurrent.futures import Executor
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from sam_core.cache import EmbeddingCache, image_id_hash
-from sam_core.cache.configured import cache_from_settings, decoder_cache
-from sam_core.embedding import EncoderInput, ImageEmbedding, round_to_storage, same_content
+from sam_core.cache.configured import decoder_cache
+from sam_core.embedding import ImageEmbedding, same_content
 from sam_core.errors import CacheMiss, CacheUnavailable, ImageTooLarge, InvalidInput
 from sam_core.frames import LOW_RES_SHAPE, MASK_INPUT_SHAPE
-from sam_core.model.build import LoadedModel, ModelIdentity, load_model
-from sam_core.model.checkpoints import resolve_checkpoint
-from sam_core.model.decoder import DecoderGraph, DecoderOutput, OnnxDecoder, decoder_filename
-from sam_core.model.encoder import DEFAULT_MAX_BATCH_SIZE, ImageEncoder
+from sam_core.model.build import ModelIdentity
+from sam_core.model.decoder import DecoderGraph, DecoderOutput, OnnxDecoder
 from sam_core.model.prompts import Prompt, build_prompt
+from sam_core.services.configured import open_decoder
 from sam_core.settings import ImageLimits, Settings
 from sam_core.wire.image_checks import check_image_size
 from sam_core.wire.npy import segment_to_npz
 from sam_core.wire.responses import encode_masks
 from sam_core.wire.schemas import SegmentJob, SegmentResult
 
-if TYPE_CHECKING:
-    from segment_anything.modeling import Sam
-
 log = logging.getLogger(__name__)
+
 
 MAX_BINARY_MASK_BYTES = 512 * 1024 * 1024
 """Most bool-mask bytes a binary several-prompts answer may hold (P x M x H x W): 100 boxes on a 2 MP image
 fit; more is a 413 that asks for a json format, which encodes each prompt as it is decoded."""
-
-
-def load_configured_model(settings: Settings, *, device: str | None = None) -> LoadedModel:
-    """The configured checkpoint, verified and loaded (downloaded first when needed) on `device`."""
-    return load_model(
-        settings.model_type,
-        checkpoint=settings.checkpoint,
-        checkpoint_sha256=settings.checkpoint_sha256,
-        checkpoint_url=settings.checkpoint_url,
-        cache_dir=settings.cache_dir,
-        device=device or settings.device,
-    )
-
-
-def resolve_configured_checkpoint(settings: Settings) -> tuple[Path, str]:
-    """The configured checkpoint's path and sha256, downloading and verifying it when needed."""
-    return resolve_checkpoint(
-        settings.model_type,
-        checkpoint=settings.checkpoint,
-        sha256=settings.checkpoint_sha256,
-        cache_dir=settings.cache_dir,
-        url=settings.checkpoint_url,
-    )
-
-
-def configured_encoder(
-    model: LoadedModel, settings: Settings, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-) -> ImageEncoder:
-    """The image encoder on the model's device with the configured precision and speed options."""
-    return ImageEncoder(
-        model.sam,
-        device=model.device,
-        dtype=settings.encoder_dtype,
-        max_batch_size=max_batch_size,
-        fused_attention=settings.encoder_fused_attention,
-        channels_last=settings.encoder_channels_last,
-        compile=settings.encoder_compile,
-    )
-
-
-def configured_decoder(sam: Sam | None, identity: ModelIdentity, settings: Settings, *, threads: int) -> OnnxDecoder:
-    """The ONNX decoders (exported into cache_dir on first use) with the configured session options."""
-    return OnnxDecoder.for_model(
-        sam,
-        identity,
-        settings.cache_dir,
-        quantized=settings.decoder_quantize,
-        threads=threads,
-        providers=settings.decoder_providers,
-        spinning=settings.decoder_spinning,
-    )
-
-
-class EncoderService:
-    """Embeds batches of images and writes each embedding to the cache under its key."""
-
-    def __init__(self, encoder: ImageEncoder, identity: ModelIdentity, cache: EmbeddingCache, *, device: str) -> None:
-        self.encoder = encoder
-        self.identity = identity
-        self.cache = cache
-        self.device = device
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, cache: EmbeddingCache | None = None
-    ) -> EncoderService:
-        model = load_configured_model(settings)
-        encoder = configured_encoder(model, settings, max_batch_size=max_batch_size)
-        return cls(encoder, model.identity, cache or cache_from_settings(settings), device=str(model.device))
-
-    def embed_batch(self, images: Sequence[np.ndarray | EncoderInput]) -> list[ImageEmbedding]:
-        """Embed (H, W, 3) uint8 RGB images (or `EncoderInput`s) in one forward pass (CPU/GPU bound: call from a
-        worker thread).
-
-        The embeddings come back at the cache's storage precision (`round_to_storage`), so the answer to a
-        new image's first click is the one every later click on it gets from the cache.
-        """
-        return [
-            dataclasses.replace(embedding, embedding=round_to_storage(embedding.embedding))
-            for embedding in self.encoder.embed_batch(images)
-        ]
-
-    async def store(self, cache_key: str, embedding: ImageEmbedding) -> int:
-        """Cache an embedding; returns the bytes stored, 0 (logged) when the cache is down or cannot hold it.
-
-        The caller still has the embedding either way.
-        """
-        try:
-            return await self.cache.put_embedding(self.identity.model_id, cache_key, embedding)
-        except CacheUnavailable:
-            return 0
-
-
-def open_decoder(settings: Settings, *, threads: int) -> tuple[OnnxDecoder, ModelIdentity]:
-    """The ONNX decoders for the configured checkpoint, exporting them first if the cache dir lacks them.
-
-    Only the checkpoint's hash is needed when the exported files exist (a sidecar keeps it), so a decoder
-    replica loads torch weights at most once per cache dir.
-    """
-    _, sha256 = resolve_configured_checkpoint(settings)
-    identity = ModelIdentity(settings.model_type, sha256)
-    quantized = settings.decoder_quantize
-    exported = all(
-        (settings.cache_dir / decoder_filename(identity, multimask=m, quantized=quantized)).exists()
-        for m in (False, True)
-    )
-    sam = None
-    if not exported:
-        sam = load_configured_model(settings, device="cpu").sam
-    return configured_decoder(sam, identity, settings, threads=threads), identity
 
 
 def _prompt(

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from sam_core.embedding import ImageEmbedding
-from sam_core.everything import EverythingOptions
+from sam_core.generator_options import EverythingOptions
 from sam_core.wire.schemas import _SeedFields
 
 EVERYTHING_ROUTE = "/sam/segment_everything"

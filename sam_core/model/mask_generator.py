@@ -20,7 +20,7 @@ import numpy as np
 
 from sam_core.embedding import ImageEmbedding
 from sam_core.errors import ImageTooLarge, InvalidInput
-from sam_core.everything import EverythingOptions
+from sam_core.generator_options import EverythingOptions
 
 if TYPE_CHECKING:
     import torch
