@@ -148,7 +148,7 @@ def build_prompt(
         original_size: (height, width) of the original image.
         box: [x0, y0, x1, y1] in original-image pixels, or None.
         has_mask_input: a mask input comes with the prompt: it is a prompt by itself, so empty point lists
-            without a box are then valid (the decoder sees only the padding row, as in the seed).
+            without a box are then valid (the decoder sees only the padding row, as in Roboflow inference).
         max_points: the most points one prompt may carry.
 
     Raises:
@@ -163,10 +163,10 @@ def build_prompt(
             f"{len(labels)} labels for {len(coords)} points: give one label per point", field="point_labels"
         )
     if not labels and box is None and not has_mask_input:
-        # The seed's "no prompt" is its default padding row ([[0, 0]] / [-1]), not empty lists; empty lists
+        # Roboflow inference's "no prompt" is its default padding row ([[0, 0]] / [-1]), not empty lists; empty lists
         # with neither a box nor a mask are almost always a client bug, so they are refused, not guessed at.
         raise InvalidInput("give at least one point, a box or a mask_input", field="point_coords")
-    # Every row must lie on the image, padding rows (label -1, the seed's default sits at (0, 0)) included:
+    # Every row must lie on the image, padding rows (label -1, Roboflow inference's default sits at (0, 0)) included:
     # the model ignores their position, but an unchecked one could be any finite float64 (inf in float32).
     _check_inside(coords, original_size, "point_coords")
     real = np.array(labels, dtype=np.int64) != -1
@@ -174,7 +174,7 @@ def build_prompt(
     box_array = None if box is None else _box(box, original_size)
     label_array = np.array(labels, dtype=np.int64)
     if box_array is not None:
-        # SAM pads the prompt only when there is no box; padding rows sent with a box (the seed's default
+        # SAM pads the prompt only when there is no box; padding rows sent with a box (Roboflow inference's default
         # [[0, 0]] / [-1] left in place) would add a row and change which mask the single-mask model returns.
         coords, label_array = coords[real], label_array[real]
     return Prompt(

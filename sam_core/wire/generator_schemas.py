@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from sam_core.embedding import ImageEmbedding
 from sam_core.generator_options import EverythingOptions
-from sam_core.wire.schemas import _SeedFields
+from sam_core.wire.schemas import _RoboflowFields
 
 EVERYTHING_ROUTE = "/sam/segment_everything"
 
@@ -18,7 +18,7 @@ _DEFAULTS = EverythingOptions()
 _Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
-class SegmentEverythingRequest(_SeedFields):
+class SegmentEverythingRequest(_RoboflowFields):
     """Every object in an image: a grid of point prompts, filtered and de-duplicated as
     `SamAutomaticMaskGenerator` does, with its parameters and defaults. The image comes as `image` or as the
     `image_id` of a cached embedding (crop layers need the image unless their crops are cached too)."""

@@ -14,8 +14,9 @@ from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE, preprocess_shape
 from sam_core.settings import ImageLimits
 from sam_core.wire.image_checks import check_image_size
 from sam_core.wire.masks import mask_input_array, polygons_to_mask
+from sam_core.wire.messages import JobPrompt, SegmentJob
 from sam_core.wire.npy import decode_npy_base64
-from sam_core.wire.schemas import SINGLE_PROMPT_FIELDS, JobPrompt, SegmentImageRequest, SegmentJob, SegmentPrompt
+from sam_core.wire.schemas import SINGLE_PROMPT_FIELDS, SegmentImageRequest, SegmentPrompt
 
 
 def segment_job(request: SegmentImageRequest) -> SegmentJob:

@@ -1,8 +1,8 @@
-"""Mask encodings: polygons (the seed's json), COCO RLE and PNG out, json `mask_input` polygons in.
+"""Mask encodings: polygons (Roboflow inference's json), COCO RLE and PNG out, json `mask_input` polygons in.
 
 Two pixel frames meet here. Masks at **original-image pixels** ((H, W), what `masks` means in a response) and
 masks in SAM's **256x256 low-res frame** (`low_res_masks` and every `mask_input`). Encoders keep whatever
-frame their array is in; the docstrings say which frame the seed's wire contract expects. Everything a
+frame their array is in; the docstrings say which frame Roboflow inference's wire contract expects. Everything a
 client sends is validated here and refused with `InvalidInput` naming the field; nothing is ever unpickled.
 """
 
@@ -31,7 +31,7 @@ _PNG_PARAMS = [
 ]  # fmt: skip
 
 
-# ---- polygons (the seed's json format) ----------------------------------------------------------------
+# ---- polygons (Roboflow inference's json format) ----------------------------------------------------------------
 
 
 def _as_bool_mask(mask: np.ndarray, ndim: int | None = None) -> np.ndarray:
@@ -53,19 +53,19 @@ def _external_contours(mask: np.ndarray) -> list[np.ndarray]:
         return []
     # CHAIN_APPROX_SIMPLE keeps only the ends of straight (horizontal, vertical, diagonal) runs: the same
     # pixels outline as CHAIN_APPROX_NONE (fillPoly redraws it exactly) with ~4-10x fewer vertices, and it
-    # is what the seed uses, so vertex lists match the seed's.
+    # is what Roboflow inference uses, so vertex lists match Roboflow inference's.
     contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     return list(contours)
 
 
 def _contour_size(contour: np.ndarray) -> tuple[float, int]:
-    """What "largest" means: enclosed area (the seed took the most vertices, which favours ragged outlines);
+    """What "largest" means: enclosed area (Roboflow inference took the most vertices, which favours ragged outlines);
     ties, e.g. lines and single pixels with area 0, go to the longer contour."""
     return float(cv2.contourArea(contour)), len(contour)
 
 
 def mask_to_polygon(mask: np.ndarray) -> list[list[int]]:
-    """The seed's json mask: the largest external contour of a mask as `[[x, y], ...]`.
+    """Roboflow inference's json mask: the largest external contour of a mask as `[[x, y], ...]`.
 
     Args:
         mask: (H, W) bool (or 0/1 integer) mask, in whatever frame it was predicted: original-image pixels for
@@ -75,9 +75,9 @@ def mask_to_polygon(mask: np.ndarray) -> list[list[int]]:
         Vertices (x, y) in that same frame, integer pixel centres of boundary pixels, OpenCV's
         `CHAIN_APPROX_SIMPLE` outline (straight runs reduced to their ends; `polygons_to_mask` redraws it
         exactly). Largest by `cv2.contourArea`. An empty mask gives `[]`; a single pixel gives one vertex and
-        a one-pixel-wide line two. Holes are not described (external contour only), as in the seed.
+        a one-pixel-wide line two. Holes are not described (external contour only), as in Roboflow inference.
 
-    OpenCV over rasterio + shapely (the seed's): faster and half the bytes (`bench/bench_masks.py`; figures in
+    OpenCV over rasterio + shapely (Roboflow inference's): faster and half the bytes (`bench/bench_masks.py`; figures in
     the README).
     """
     contours = _external_contours(mask)
@@ -138,7 +138,7 @@ def _validate_polygon(polygon: object, index: int, field: str) -> None:
 def polygons_to_mask(
     polygons: object, shape: tuple[int, int] = LOW_RES_SHAPE, *, field: str = "mask_input"
 ) -> np.ndarray:
-    """Rasterise the seed's json `mask_input`: polygons in the 256x256 low-res frame, to a bool mask.
+    """Rasterise Roboflow inference's json `mask_input`: polygons in the 256x256 low-res frame, to a bool mask.
 
     Args:
         polygons: one polygon `[[x, y], ...]` or a list of them, as JSON gives it; (x, y) in the frame of
@@ -152,7 +152,7 @@ def polygons_to_mask(
         (height, width) bool mask: the union of the polygons, each filled with OpenCV's `fillPoly`, which
         fills a self-intersecting polygon by the even-odd rule (a pentagram's centre stays empty) and
         includes its boundary pixels. Polygons are filled one at a time so overlaps stay filled (one
-        `fillPoly` call over all of them would apply even-odd across polygons). The seed rasterised with
+        `fillPoly` call over all of them would apply even-odd across polygons). Roboflow inference rasterised with
         rasterio (pixels whose centre is inside, vertices on pixel corners): for our pixel-centre vertices
         that drops the right and bottom boundary pixels; ours differs from it along the boundary only.
 
@@ -197,7 +197,7 @@ def polygons_to_mask(
 def mask_input_array(mask: np.ndarray) -> np.ndarray:
     """SAM's `mask_input` from a bool mask in the 256x256 low-res frame: (1, 1, 256, 256) float32 of 0/1.
 
-    `mask_input` is meant to hold logits; the seed fed rasterised polygons as 0.0/1.0 and so do we, so json
+    `mask_input` is meant to hold logits; Roboflow inference fed rasterised polygons as 0.0/1.0 and so do we, so json
     mask inputs behave as they did (a weak prior: logit 1 is p=0.73). Clients wanting a strong prior send
     the previous `low_res_masks` logits in the binary format instead.
     """

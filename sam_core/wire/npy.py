@@ -1,5 +1,5 @@
 """NumPy payloads on the wire, read without pickle: client `.npy` (binary `mask_input`, client embeddings) and
-the seed's binary bodies (`.npy` embeddings, `.npz` masks).
+Roboflow inference's binary bodies (`.npy` embeddings, `.npz` masks).
 
 Only numpy and the standard library: the light client reads answers with it, no OpenCV.
 """
@@ -114,7 +114,7 @@ def decode_npy_base64(
     dtypes: Sequence[npt.DTypeLike] = FLOAT_DTYPES,
     max_bytes: int = MAX_NPY_BASE64_CHARS,
 ) -> np.ndarray:
-    """Decode base64 of `np.save` bytes: the seed's binary `mask_input` ((1, 1, 256, 256), low-res frame)
+    """Decode base64 of `np.save` bytes: Roboflow inference's binary `mask_input` ((1, 1, 256, 256), low-res frame)
     and client-supplied binary embeddings ((1, 256, 64, 64)).
 
     Args:
@@ -142,11 +142,11 @@ def decode_npy_base64(
     return decode_npy(raw, field=field, expected_shape=expected_shape, dtypes=dtypes)
 
 
-# ---- the seed's binary response bodies ----------------------------------------------------------------
+# ---- Roboflow inference's binary response bodies ----------------------------------------------------------------
 
 
 def embedding_to_npy(embedding: np.ndarray) -> bytes:
-    """The seed's binary `embed_image` body: `np.save` of the float32 (1, 256, 64, 64) embedding."""
+    """Roboflow inference's binary `embed_image` body: `np.save` of the float32 (1, 256, 64, 64) embedding."""
     assert embedding.shape == EMBEDDING_SHAPE, f"embedding shape {embedding.shape}, expected {EMBEDDING_SHAPE}"
     stream = io.BytesIO()
     np.save(stream, np.ascontiguousarray(embedding, dtype=np.float32))
@@ -166,11 +166,11 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def segment_to_npz(masks: np.ndarray, low_res_masks: np.ndarray, scores: np.ndarray | None = None) -> bytes:
-    """The seed's binary `segment_image` body: an .npz with arrays `masks` and `low_res_masks` (and `scores`).
+    """Roboflow inference's binary `segment_image` body: an .npz with arrays `masks` and `low_res_masks` (and `scores`).
 
     Args:
         masks: (N, H, W) masks at original-image pixels, bool (or float logits, thresholded at 0 here); for a
-            request with several prompts (P, M, H, W). Stored as **bool**: the seed stored float32 logits;
+            request with several prompts (P, M, H, W). Stored as **bool**: Roboflow inference stored float32 logits;
             `np.load(body)["masks"]` still works and `> 0` on it still gives the mask.
         low_res_masks: (..., 256, 256) float32 logits in the low-res frame, one per mask, kept as logits
             because clients send them back as binary `mask_input`.
@@ -178,7 +178,7 @@ def segment_to_npz(masks: np.ndarray, low_res_masks: np.ndarray, scores: np.ndar
 
     The container is what `np.savez` writes (a zip of .npy members), but each member gets the compression
     that pays: the bool mask is deflated at zlib level 1 (it shrinks ~100x), the logits are stored (deflate
-    would save ~10 % of them at twice the time). `bench/bench_masks.py` compares it with the seed's body,
+    would save ~10 % of them at twice the time). `bench/bench_masks.py` compares it with Roboflow inference's body,
     `np.savez` and `np.savez_compressed`; the README has the figures.
     """
     assert masks.ndim >= 3, f"masks must be (N, H, W) or (P, M, H, W), got {masks.shape}"
@@ -205,7 +205,7 @@ def segment_to_npz(masks: np.ndarray, low_res_masks: np.ndarray, scores: np.ndar
 def npz_to_segment(data: bytes, *, field: str = "masks") -> tuple[np.ndarray, np.ndarray]:
     """A binary `segment_image` body back to (masks bool (N, H, W), low_res_masks float32 (N, 256, 256)).
 
-    Reads ours and the seed's bodies (whose `masks` are float logits: thresholded at 0). For responses from
+    Reads ours and Roboflow inference's bodies (whose `masks` are float logits: thresholded at 0). For responses from
     a server the client chose to trust: np.load of an archive is not hardened like `decode_npy`.
     """
     masks, low_res_masks, _ = _read_segment_npz(data, ("masks", "low_res_masks"), field)

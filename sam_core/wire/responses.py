@@ -1,4 +1,4 @@
-"""Decoder answers for the wire: masks as polygons (json), COCO RLE, base64 PNG, or the seed's npz (binary)."""
+"""Decoder answers for the wire: masks as polygons (json), COCO RLE, base64 PNG, or Roboflow's npz (binary)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def encode_masks(
     (JSON-ready dict or bytes, media type).
 
     json: the largest external contour of each mask (original pixels) and of each low-res mask (256 frame);
-    rle: COCO RLE of each; png: base64 1-bit PNGs; binary: the seed's npz with bool masks (M, H, W) and
+    rle: COCO RLE of each; png: base64 1-bit PNGs; binary: Roboflow inference's npz with bool masks (M, H, W) and
     float32 low_res_masks logits (M, 256, 256).
     """
     low_res = low_res_logits > 0.0

@@ -1,28 +1,25 @@
 """Request and response models shared by the HTTP ingress, handle calls and the Python client.
 
-Field names and defaults follow Roboflow inference's SAM routes (the seed) so its clients keep working; the
+Field names and defaults follow Roboflow inference's SAM routes so its clients keep working; the
 extensions (box, multimask_output, rle/png formats, content-hash caching) are additive. Unknown fields are
-refused, so a misspelt prompt field never passes silently; the seed's bookkeeping fields are accepted and
+refused, so a misspelt prompt field never passes silently; Roboflow inference's bookkeeping fields are accepted and
 ignored.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
-from sam_core.embedding import ImageEmbedding
 from sam_core.settings import MODEL_ID_PATTERN
 
 EMBED_ROUTE = "/sam/embed_image"
 SEGMENT_ROUTE = "/sam/segment_image"
 DECODER_FILE_ROUTE = "/sam/decoder.onnx"
 MODELS_ROUTE = "/sam/models"
-"""The seed's two routes: the ingress serves them, the client calls them."""
+"""Roboflow inference's two routes: the ingress serves them, the client calls them."""
 
 MAX_IMAGE_ID_LENGTH = 256
 
@@ -38,7 +35,7 @@ digits is refused before anything tries to make it a float)."""
 
 
 class ImagePayload(BaseModel):
-    """An image as the seed sends it: `{"type": "base64"|"url"|"numpy", "value": ...}`."""
+    """An image as Roboflow inference sends it: `{"type": "base64"|"url"|"numpy", "value": ...}`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -46,26 +43,26 @@ class ImagePayload(BaseModel):
     value: Any = Field(description="base64 string (a data: URL prefix is allowed), URL, or base64 .npy")
 
 
-class _SeedFields(BaseModel):
-    """Fields both routes share, including the seed's bookkeeping fields (accepted, ignored)."""
+class _RoboflowFields(BaseModel):
+    """Fields both routes share, including Roboflow inference's bookkeeping fields (accepted, ignored)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(default=None, description="ignored (seed bookkeeping)")
+    id: str | None = Field(default=None, description="ignored (Roboflow bookkeeping)")
     api_key: str | None = Field(default=None, description="ignored; use the Authorization header")
-    usage_billable: bool | None = Field(default=None, description="ignored (seed bookkeeping)")
-    start: float | None = Field(default=None, description="ignored (seed bookkeeping)")
-    source: str | None = Field(default=None, description="ignored (seed bookkeeping)")
-    source_info: str | None = Field(default=None, description="ignored (seed bookkeeping)")
-    disable_model_monitoring: bool | None = Field(default=None, description="ignored (seed bookkeeping)")
-    model_id: str | None = Field(default=None, description="ignored (seed bookkeeping)")
+    usage_billable: bool | None = Field(default=None, description="ignored (Roboflow bookkeeping)")
+    start: float | None = Field(default=None, description="ignored (Roboflow bookkeeping)")
+    source: str | None = Field(default=None, description="ignored (Roboflow bookkeeping)")
+    source_info: str | None = Field(default=None, description="ignored (Roboflow bookkeeping)")
+    disable_model_monitoring: bool | None = Field(default=None, description="ignored (Roboflow bookkeeping)")
+    model_id: str | None = Field(default=None, description="ignored (Roboflow bookkeeping)")
     model: str | None = Field(
         default=None,
         pattern=MODEL_ID_PATTERN,
         description="the served model's id (GET /sam/models); unset: the default model",
     )
     sam_version_id: str | None = Field(
-        default=None, description="the seed's model choice: a served model's id or type (unset: the default)"
+        default=None, description="Roboflow inference's model choice: a served model's id or type (unset: the default)"
     )
     image: ImagePayload | None = Field(default=None, description="the image (not needed when cached)")
     image_id: str | None = Field(
@@ -88,12 +85,12 @@ class _SeedFields(BaseModel):
         return value
 
 
-class EmbedImageRequest(_SeedFields):
+class EmbedImageRequest(_RoboflowFields):
     """POST /sam/embed_image: embed an image and cache the embedding under `image_id`."""
 
     format: Literal["json", "binary", "metadata"] = Field(
         default="json",
-        description="json: the seed's answer, the float32 (1, 256, 64, 64) embedding as nested lists "
+        description="json: Roboflow inference's answer, the float32 (1, 256, 64, 64) embedding as nested lists "
         "(`embeddings`, ~12.5 MB) with image_id, original_size, cached and time; binary: the embedding's .npy "
         "bytes (4 MB); metadata: the json answer without `embeddings` (to warm the cache)",
     )
@@ -103,7 +100,7 @@ MAX_PROMPTS = 256
 """Most prompts one `segment_image` request may carry in `prompts`."""
 
 SINGLE_PROMPT_FIELDS = frozenset({"point_coords", "point_labels", "box", "has_mask_input", "mask_input"})
-"""The seed's one-prompt fields: a request gives these or `prompts`, never both."""
+"""Roboflow inference's one-prompt fields: a request gives these or `prompts`, never both."""
 
 
 class SegmentPrompt(BaseModel):
@@ -120,7 +117,7 @@ class SegmentPrompt(BaseModel):
     mask_input_format: Literal["json", "binary"] = "json"
 
 
-class SegmentImageRequest(_SeedFields):
+class SegmentImageRequest(_RoboflowFields):
     """POST /sam/segment_image: masks for a prompt on an image (from its cached embedding when there is one).
 
     The prompt's source, in order: `embeddings` (+ `orig_im_size`), else the embedding cached under
@@ -207,7 +204,7 @@ class EmbedImageResponse(BaseModel):
     time: float
     embeddings: list[Any] | None = Field(
         default=None,
-        description="format json: the float32 (1, 256, 64, 64) embedding as nested lists, as the seed answers; "
+        description="format json: the float32 (1, 256, 64, 64) embedding as nested lists, as Roboflow answers; "
         "send it back as `embeddings` with `orig_im_size`",
     )
 
@@ -236,81 +233,3 @@ class SegmentPromptsResponse(BaseModel):
     results: list[PromptResult]
     image_id: str | None = None
     time: float
-
-
-# ---- messages between deployments (no JSON: numpy travels as is) --------------------------------------
-
-
-@dataclass
-class JobPrompt:
-    """One prompt of a job with several: as the request gave it, its mask input decoded (or None)."""
-
-    point_coords: list[list[float]]
-    point_labels: list[float]
-    box: list[float] | None = None
-    mask_input: np.ndarray | None = None
-
-
-@dataclass
-class SegmentJob:
-    """What the ingress asks a decoder replica to do for one prompt.
-
-    Either `embedding` is given inline (a client-supplied one, or fresh from the encoder), or the decoder
-    reads it from the cache under `cache_key`. The prompt is validated by the decoder, which knows the image
-    size.
-    """
-
-    cache_key: str | None
-    point_coords: list[list[float]]
-    point_labels: list[float]
-    box: list[float] | None = None
-    embedding: ImageEmbedding | None = None
-    has_mask_input: bool = False
-    mask_input: np.ndarray | None = None
-    use_mask_input_cache: bool = True
-    multimask_output: bool = False
-    format: str = "json"
-    prompts: list[JobPrompt] | None = None
-    """Several prompts, answered in order (then the single-prompt fields above are unused)."""
-    logits_key: str | None = None
-    """Where the low-res logits of this image are the requester's own (its tenant's); None: under `cache_key`."""
-    content_id: str = ""
-    """When set, a cached embedding is used only if it is of this image (`ImageEmbedding.content_id`): a
-    request that waited for another replica's run of its image must not decode another image put under the
-    same image_id meanwhile."""
-
-    @property
-    def logits_id(self) -> str | None:
-        """Where the job's low-res logits live: the requester's own key, else the embedding's."""
-        return self.logits_key or self.cache_key
-
-
-@dataclass
-class EmbedResult:
-    """What `embed` returns to handle callers: the response (json and metadata formats: no `embeddings` list;
-    the array is `embedding`), and the .npy bytes when the format is binary."""
-
-    response: EmbedImageResponse
-    embedding: np.ndarray
-    """The float32 (1, 256, 64, 64) embedding, as the cache holds it."""
-    npy: bytes | None = None
-
-
-@dataclass(frozen=True)
-class WarmResult:
-    """What `warm` returns to handle callers (`sam-serve warm`): the image's cache key and whether it was cached
-    already (then nothing ran)."""
-
-    image_id: str
-    cached: bool
-
-
-@dataclass
-class SegmentResult:
-    """A decoder's answer, already encoded: `body` is JSON-ready (dict) or raw bytes with `media_type`."""
-
-    body: dict[str, Any] | bytes
-    media_type: str = "application/json"
-    timings: dict[str, float] = field(default_factory=dict)
-    replica: str | None = None
-    """Which decoder replica answered (for logs, headers and tests)."""
