@@ -1,8 +1,9 @@
-"""A real HTTP server that is slow on purpose: the URL-deadline tests' (tests/test_url_deadline.py,
-tests/test_security.py)."""
+"""A real HTTP server that is slow on purpose: the URL-deadline tests' (tests/core/test_url_deadline.py,
+tests/deployments/test_security.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 import time
@@ -40,9 +41,9 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def slow_http_server(host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve the slow routes on a free port; yields the base URL."""
-    server = http.server.ThreadingHTTPServer((host, 0), _SlowHandler)
+def serving(handler: type[http.server.BaseHTTPRequestHandler], host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `handler` on a free port in a thread; yields the base URL."""
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -51,3 +52,9 @@ def slow_http_server(host: str = "127.0.0.1") -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+        thread.join(timeout=5)
+
+
+def slow_http_server(host: str = "127.0.0.1") -> contextlib.AbstractContextManager[str]:
+    """Serve the slow routes on a free port; yields the base URL."""
+    return serving(_SlowHandler, host)

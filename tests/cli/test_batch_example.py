@@ -20,7 +20,7 @@ from tests.conftest import APP_NAME, ServeApp, rle_to_mask
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 
 # (file name, height, width): two formats, three sizes, none of them square.
 IMAGES = [("first.png", 200, 300), ("second.jpg", 240, 160), ("third.png", 180, 320)]

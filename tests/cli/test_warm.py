@@ -19,7 +19,7 @@ from PIL import Image
 from sam_cli.warm import EMBEDDING_PAYLOAD_BYTES, WarmSourceError, list_sources, warm
 from tests.conftest import APP_NAME, ServeApp, photo_jpeg
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def encoder_stats() -> dict[str, int]:

@@ -12,7 +12,8 @@ from sam_core.cache.codec import decode_embedding, encode_embedding
 from sam_core.embedding import ImageEmbedding
 from sam_core.errors import InvalidInput
 from sam_core.model.build import LoadedModel
-from sam_core.model.decoder import OnnxDecoder, decoder_filename, ensure_decoder_file
+from sam_core.model.decoder import OnnxDecoder
+from sam_core.model.decoder_export import decoder_filename, ensure_decoder_file
 from sam_core.model.encoder import ImageEncoder
 from sam_core.model.prompts import build_prompt
 
@@ -170,7 +171,7 @@ def test_the_decoder_service_refuses_an_entry_whose_size_is_over_the_image_limit
     from sam_core.errors import ImageTooLarge
     from sam_core.services.decoder import DecoderService
     from sam_core.settings import ImageLimits
-    from sam_core.wire.schemas import SegmentJob
+    from sam_core.wire.messages import SegmentJob
 
     cache = MemoryEmbeddingCache(max_bytes=16 * 2**20, ttl_s=60)
     service = DecoderService(tiny_decoder, tiny_model.identity, cache, limits=ImageLimits())

@@ -8,7 +8,6 @@ import http.server
 import io
 import pickle
 import struct
-import threading
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +38,7 @@ from sam_core.wire.images import (
     load_image,
     read_image,
 )
+from tests.slow_http import serving
 
 # ---- helpers --------------------------------------------------------------------------------------------
 
@@ -636,16 +636,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def image_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(_Handler) as url:
+        yield url
 
 
 LOCAL_URLS = {"allow_url": True, "allow_private_urls": True, "url_timeout_s": 5.0}

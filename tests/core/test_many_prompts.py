@@ -25,8 +25,9 @@ from sam_core.model.encoder import ImageEncoder
 from sam_core.services.decoder import DecoderService
 from sam_core.settings import ImageLimits
 from sam_core.wire.jobs import prompt_mask_inputs, segment_job
+from sam_core.wire.messages import JobPrompt, SegmentJob
 from sam_core.wire.npy import npz_to_prompts, npz_to_segment
-from sam_core.wire.schemas import MAX_PROMPTS, JobPrompt, SegmentImageRequest, SegmentJob, SegmentPromptsResponse
+from sam_core.wire.schemas import MAX_PROMPTS, SegmentImageRequest, SegmentPromptsResponse
 from tests.conftest import ServeApp
 
 MIN_IOU = 0.99

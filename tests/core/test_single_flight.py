@@ -19,7 +19,7 @@ from sam_core.cache import RedisEmbeddingCache
 from sam_core.cache.keys import flight_key
 from sam_core.embedding import ImageEmbedding
 from sam_core.single_flight import Flight, SingleFlight
-from tests.test_cache import random_embedding
+from tests.core.test_cache import random_embedding
 
 MODEL = "vit_tiny-0123456789ab"
 CONTENT = "sha256:" + "ab" * 32

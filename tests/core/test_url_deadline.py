@@ -1,6 +1,6 @@
 """One deadline per URL fetch, against real slow servers: one that trickles its headers, one that sends its body
 at 1 kB/s. `url_timeout_s` covers DNS, connect, headers and body, and the wait for a fetch slot; fetches run
-at once up to `max_url_fetches`. Over the real Serve app: tests/test_security.py."""
+at once up to `max_url_fetches`. Over the real Serve app: tests/deployments/test_security.py."""
 
 from __future__ import annotations
 

@@ -32,8 +32,9 @@ from sam_core.errors import InvalidInput
 from sam_core.model.build import LoadedModel
 from sam_core.model.encoder import ImageEncoder
 from sam_core.wire.masks import polygons_to_mask
+from sam_core.wire.messages import EmbedResult, SegmentResult
 from sam_core.wire.npy import npy_to_embedding, npz_to_segment
-from sam_core.wire.schemas import EmbedImageRequest, EmbedResult, ImagePayload, SegmentImageRequest, SegmentResult
+from sam_core.wire.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest
 from tests.conftest import APP_NAME, ServeApp, png_to_mask, rle_to_mask
 
 pytestmark = pytest.mark.slow

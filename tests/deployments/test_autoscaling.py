@@ -14,7 +14,7 @@ from ray.serve.schema import ReplicaState
 
 from sam_core.wire.schemas import EmbedImageRequest, ImagePayload, SegmentImageRequest
 from tests.conftest import ServeApp, second_app
-from tests.test_serve import png_base64
+from tests.deployments.test_serve import png_base64
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from sam_core.frames import MASK_INPUT_SHAPE, preprocess_shape
 from sam_core.model.prompts import build_prompt, onnx_prompt_inputs
 from sam_core.wire.npy import npz_to_segment
 from tests.conftest import ServeApp
-from tests.test_api import image_payload
+from tests.deployments.test_api import image_payload
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from tests.conftest import ServeApp, photo_jpeg
-from tests.test_api import image_payload
+from tests.deployments.test_api import image_payload
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from ray import serve
 
 from deployments.app import compose
 from tests.conftest import SMALL_REPLICA, ServeApp
-from tests.test_api import image_payload
+from tests.deployments.test_api import image_payload
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ from pydantic import SecretStr
 
 from deployments.limits import BearerAuth
 from tests.conftest import ServeApp, second_app
+from tests.deployments.test_api import image_payload, png_bytes
 from tests.slow_http import slow_http_server
-from tests.test_api import image_payload, png_bytes
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from sam_core.model.build import LoadedModel
 from sam_core.wire.masks import MAX_POLYGON_POINTS, MAX_POLYGONS
 from sam_core.wire.npy import npy_to_embedding, npz_to_segment
 from tests.conftest import ServeApp, photo_jpeg
-from tests.test_api import (
+from tests.deployments.test_api import (
     EMBED,
     IMAGE_SHAPE,
     MIN_IOU_VS_PREDICTOR,
@@ -43,7 +43,7 @@ from tests.test_api import (
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from sam_core.wire.jobs import segment_job
 from sam_core.wire.npy import npz_to_segment
 from sam_core.wire.schemas import SegmentImageRequest
 from tests.conftest import APP_NAME, DECODER_REPLICAS, ServeApp
-from tests.test_api import image_payload
+from tests.deployments.test_api import image_payload
 
 pytestmark = pytest.mark.slow
 
@@ -86,18 +86,26 @@ def random_clicks(rng: np.random.Generator, shape: tuple[int, ...], n: int) -> t
     return points, rng.integers(0, 2, n).clip(min=1 if n == 1 else 0)
 
 
+def first_click(
+    http: httpx.Client, session_image: tuple[np.ndarray, SamPredictor], rng: np.random.Generator
+) -> tuple[str, str]:
+    """A new session: its image sent with one click under a fresh id; the id and the decoder replica that answered."""
+    pixels, predictor = session_image
+    image_id = f"session-{uuid.uuid4()}"
+    first = {"image": {"type": "base64", "value": png_base64(pixels)}, "image_id": image_id}
+    return image_id, click(http, first, predictor, *random_clicks(rng, pixels.shape, 1))
+
+
 def test_twenty_click_session_embeds_once_and_stays_on_one_decoder(
     http: httpx.Client, session_image: tuple[np.ndarray, SamPredictor]
 ) -> None:
     """The ingress keys decoder calls by image: a session's clicks all land on the replica holding its copy."""
     pixels, predictor = session_image
-    image_id = f"session-{uuid.uuid4()}"
     rng = np.random.default_rng()
     before = encoder_runs()
 
-    replicas = []
-    first = {"image": {"type": "base64", "value": png_base64(pixels)}, "image_id": image_id}
-    replicas.append(click(http, first, predictor, *random_clicks(rng, pixels.shape, 1)))
+    image_id, replica = first_click(http, session_image, rng)
+    replicas = [replica]
     for i in range(19):
         replicas.append(click(http, {"image_id": image_id}, predictor, *random_clicks(rng, pixels.shape, 1 + i % 3)))
 
@@ -165,10 +173,8 @@ def test_killing_a_decoder_replica_keeps_the_session_going_from_the_cache(
     http: httpx.Client, session_image: tuple[np.ndarray, SamPredictor]
 ) -> None:
     pixels, predictor = session_image
-    image_id = f"session-{uuid.uuid4()}"
     rng = np.random.default_rng()
-    first = {"image": {"type": "base64", "value": png_base64(pixels)}, "image_id": image_id}
-    click(http, first, predictor, *random_clicks(rng, pixels.shape, 1))
+    image_id, _ = first_click(http, session_image, rng)
     runs_after_first_click = encoder_runs()
     victims = decoder_replica_actors()
     assert len(victims) == DECODER_REPLICAS

@@ -21,7 +21,7 @@ from sam_core.cache.keys import flight_key
 from sam_core.settings import ImageLimits
 from sam_core.wire.images import read_image
 from tests.conftest import ServeApp, second_app
-from tests.test_api import image_payload
+from tests.deployments.test_api import image_payload
 
 pytestmark = pytest.mark.slow
 

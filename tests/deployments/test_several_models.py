@@ -30,7 +30,7 @@ from sam_core.settings import ModelSpec, Settings
 from sam_core.wire.npy import npy_to_embedding
 from sam_core.wire.schemas import SegmentImageRequest
 from tests.conftest import ServeApp, second_app
-from tests.test_api import (
+from tests.deployments.test_api import (
     assert_error,
     expected_mask,
     image_payload,
@@ -156,7 +156,7 @@ def test_the_configs_example_of_several_models_is_valid(source: str) -> None:
     """The commented `models:` example in serve_config.yaml and the RayService is a valid setting."""
     from deployments.app import load_settings
 
-    lines = (Path(__file__).resolve().parents[1] / source).read_text().splitlines()
+    lines = (Path(__file__).resolve().parents[2] / source).read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip() == "# models:")
     example = [lines[start].replace("# ", "", 1)]
     example += [line.replace("# ", "  ", 1) for line in lines[start + 1 :] if line.strip().startswith("#   - ")][:3]
@@ -388,7 +388,14 @@ def test_segment_everything_runs_each_models_own_generator(two: TwoModels) -> No
     """With a crop layer, so the crops' encoder calls name the model too: each answer is its own model's
     `SamAutomaticMaskGenerator`'s."""
     from tests.conftest import rle_to_mask
-    from tests.test_everything import FEW_POINTS_AND_CROPS, assert_same_masks, body, png_base64, reference, scene
+    from tests.deployments.test_everything import (
+        FEW_POINTS_AND_CROPS,
+        assert_same_masks,
+        body,
+        png_base64,
+        reference,
+        scene,
+    )
 
     image = scene(5)
     payload = {"type": "base64", "value": png_base64(image)}
@@ -406,8 +413,8 @@ def test_the_page_offers_the_models_and_decodes_with_the_chosen_one(
     """The labelling page lists the served models; a click decoded in the page on the chosen model's graph and
     embedding draws that model's mask, and switching models re-embeds the image and redraws the object."""
     from tests.conftest import rle_to_mask
-    from tests.test_page import MASK_IOU as PAGE_IOU
-    from tests.test_page import click, current_prompt, open_image, overlay_mask, write_image
+    from tests.web.test_page import MASK_IOU as PAGE_IOU
+    from tests.web.test_page import click, current_prompt, open_image, overlay_mask, write_image
 
     context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
     page = context.new_page()

@@ -1,6 +1,6 @@
 """Tenants without Ray: whose token is whose, where each tenant's ids and logits live in the cache, and the
 per-tenant bound on requests in flight (the real ASGI middleware, over real HTTP in process). The same rules
-over the real Serve app: tests/test_security.py."""
+over the real Serve app: tests/deployments/test_security.py."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sam_core.errors import InvalidInput
 from sam_core.settings import Settings
 from sam_core.tenants import tenant_tokens
 from sam_core.wire.image_ids import DEFAULT_TENANT, check_client_image_id, image_keys
-from tests.test_cache import MODEL, random_embedding, random_logits, run
+from tests.core.test_cache import MODEL, random_embedding, random_logits, run
 
 # ---- tokens -----------------------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Bounded load over loopback: 16 concurrent clients mixing new images and follow-up clicks with no errors and
 flat memory; beyond capacity, fast 503s instead of a growing queue.
 
-CI runs a short version; the full run is `SAM_LOAD_SECONDS=60 .venv/bin/python -m pytest -m load -s tests/test_load.py`.
+CI runs a short version; the full run is
+`SAM_LOAD_SECONDS=60 .venv/bin/python -m pytest -m load -s tests/e2e/test_load.py`.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from sam_core.settings import ImageLimits, Settings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "k8s"
 KUSTOMIZATION = K8S_DIR / "kustomization.yaml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"

@@ -15,7 +15,7 @@ import yaml
 
 from sam_core.settings import Settings
 from sam_core.tenants import tenant_tokens
-from tests.test_k8s import K8S_DIR, KUSTOMIZATION, load_documents, manifest_files
+from tests.k8s.test_k8s import K8S_DIR, KUSTOMIZATION, load_documents, manifest_files
 
 # KubeRay adds this label to every pod it makes for a RayCluster; the manifests' templates do not carry it.
 RAY_NODE_LABEL = {"ray.io/is-ray-node": "yes"}

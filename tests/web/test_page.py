@@ -20,11 +20,11 @@ from PIL import Image
 
 from deployments.ui import MEDIA_TYPES
 from tests.conftest import ServeApp, photo_jpeg, rle_to_mask
-from tests.test_api import iou
+from tests.deployments.test_api import iou
 
 pytestmark = pytest.mark.slow
 
-WEB = Path(__file__).resolve().parents[1] / "web"
+WEB = Path(__file__).resolve().parents[2] / "web"
 MASK_IOU = 0.99
 
 
@@ -341,7 +341,7 @@ def test_without_onnxruntime_web_the_page_decodes_on_the_server(page: Any, serve
 def test_a_binary_embedding_names_its_image_and_size_in_headers(serve_app: ServeApp) -> None:
     from urllib.parse import unquote
 
-    from tests.test_api import image_payload
+    from tests.deployments.test_api import image_payload
 
     pixels = np.random.default_rng().integers(0, 256, size=(90, 130, 3), dtype=np.uint8)
     image_id = "ünïcode id/with spaces"  # any printable id; a header is latin-1, so it travels percent-encoded
