@@ -28,7 +28,7 @@ from sam_core.wire.generator_schemas import (
     crop_cache_key,
 )
 from sam_core.wire.images import EncodedImage, crop_encoder_inputs
-from sam_core.wire.schemas import SegmentResult
+from sam_core.wire.messages import SegmentResult
 
 
 class SamIngress(Protocol):

@@ -24,7 +24,7 @@ from sam_core.services.decoder import DecoderService
 from sam_core.services.generator import EverythingService
 from sam_core.settings import Settings
 from sam_core.wire.generator_schemas import EverythingJob
-from sam_core.wire.schemas import SegmentJob, SegmentResult
+from sam_core.wire.messages import SegmentJob, SegmentResult
 
 log = logging.getLogger("ray.serve")
 

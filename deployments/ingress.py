@@ -31,18 +31,9 @@ from sam_core.settings import Settings
 from sam_core.wire.generator_schemas import SegmentEverythingRequest
 from sam_core.wire.image_ids import DEFAULT_TENANT, check_content_id, image_keys
 from sam_core.wire.jobs import client_embedding, explicit_mask_input, prompt_mask_inputs, segment_job
+from sam_core.wire.messages import EmbedResult, SegmentJob, SegmentResult, WarmResult
 from sam_core.wire.npy import embedding_to_npy
-from sam_core.wire.schemas import (
-    EMBED_ROUTE,
-    SEGMENT_ROUTE,
-    EmbedImageRequest,
-    EmbedImageResponse,
-    EmbedResult,
-    SegmentImageRequest,
-    SegmentJob,
-    SegmentResult,
-    WarmResult,
-)
+from sam_core.wire.schemas import EMBED_ROUTE, SEGMENT_ROUTE, EmbedImageRequest, EmbedImageResponse, SegmentImageRequest
 
 log = logging.getLogger("ray.serve")
 

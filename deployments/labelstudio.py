@@ -26,7 +26,8 @@ from deployments.off_loop import OffLoopJSONRoute
 from sam_core.errors import CacheMiss, InvalidInput
 from sam_core.settings import Settings
 from sam_core.wire.labelstudio import InteractivePrompt, LabelConfig, context_prompt, parse_label_config, region
-from sam_core.wire.schemas import SegmentImageRequest, SegmentResult
+from sam_core.wire.messages import SegmentResult
+from sam_core.wire.schemas import SegmentImageRequest
 
 SegmentCall = Callable[[SegmentImageRequest], Awaitable[SegmentResult]]
 """How the backend has a prompt answered: the ingress's `segment` (cache, encoder on a miss, decoder)."""

@@ -36,7 +36,7 @@ class ModelRouting:
         self._locks = {model: asyncio.Lock() for model in self.specs}
 
     def resolve(self, request: Any) -> str:
-        """The served id a request names (`model`, else the seed's `sam_version_id`, else the default), or
+        """The served id a request names (`model`, else Roboflow inference's `sam_version_id`, else the default), or
         UnknownModel (404) naming the field."""
         return resolve_model(self.settings.served_models, request.model, request.sam_version_id).id
 

@@ -63,7 +63,7 @@ async def off_loop(function: Callable[..., T], *args: Any, pool: str = "parse", 
 class _OffLoopJSONRequest(Request):
     """A request whose JSON body is parsed (by orjson) in the worker pool rather than on the event loop.
 
-    A seed client's JSON-list embedding is a 21 MB body; parsed on the loop it would stall every other
+    a Roboflow client's JSON-list embedding is a 21 MB body; parsed on the loop it would stall every other
     request of the replica for a quarter of a second.
     """
 

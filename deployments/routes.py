@@ -19,6 +19,7 @@ from deployments.ui import UI_PREFIX, VENDOR_PREFIX, UiFiles, embedding_headers,
 from sam_core.settings import MODEL_ID_PATTERN
 from sam_core.wire.generator_schemas import EVERYTHING_ROUTE, SegmentEverythingRequest, SegmentEverythingResponse
 from sam_core.wire.image_ids import DEFAULT_TENANT, check_client_image_id
+from sam_core.wire.messages import EmbedResult, SegmentResult
 from sam_core.wire.schemas import (
     DECODER_FILE_ROUTE,
     EMBED_ROUTE,
@@ -26,11 +27,9 @@ from sam_core.wire.schemas import (
     SEGMENT_ROUTE,
     EmbedImageRequest,
     EmbedImageResponse,
-    EmbedResult,
     SegmentImageRequest,
     SegmentImageResponse,
     SegmentPromptsResponse,
-    SegmentResult,
     ServedModelsResponse,
 )
 

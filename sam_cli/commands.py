@@ -41,7 +41,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_export_decoder(args: argparse.Namespace) -> int:
-    from sam_core.model.decoder import ensure_decoder_file
+    from sam_core.model.decoder_export import ensure_decoder_file
     from sam_core.services.configured import load_configured_model
 
     settings = settings_from(args)

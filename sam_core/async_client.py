@@ -11,7 +11,8 @@ import httpx
 import numpy as np
 
 from sam_core.client_core import HEALTHZ_CALL, MODELS_CALL, READYZ_CALL, AnswerT, Call, ClientCore, SegmentImageFields
-from sam_core.wire.calls import ImageLike, JsonFormat, SegmentArrays
+from sam_core.wire.answers import SegmentArrays
+from sam_core.wire.calls import ImageLike, JsonFormat
 from sam_core.wire.generator_schemas import SegmentEverythingResponse
 from sam_core.wire.schemas import EmbedImageResponse, SegmentImageResponse, SegmentPromptsResponse, ServedModelInfo
 

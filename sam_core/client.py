@@ -31,14 +31,8 @@ import numpy as np
 
 from sam_core.async_client import AsyncSamClient
 from sam_core.client_core import HEALTHZ_CALL, MODELS_CALL, READYZ_CALL, AnswerT, Call, ClientCore, SegmentImageFields
-from sam_core.wire.calls import (
-    ImageLike,
-    JsonFormat,
-    SamClientError,
-    SegmentArrays,
-    raise_for_error,
-    segment_request_body,
-)
+from sam_core.wire.answers import SamClientError, SegmentArrays, raise_for_error
+from sam_core.wire.calls import ImageLike, JsonFormat, segment_request_body
 from sam_core.wire.generator_schemas import SegmentEverythingResponse
 from sam_core.wire.schemas import EmbedImageResponse, SegmentImageResponse, SegmentPromptsResponse, ServedModelInfo
 
@@ -96,7 +90,7 @@ class SamClient(ClientCore[httpx.Client]):
 
         Returns:
             metadata (default): EmbedImageResponse (image_id, original_size (h, w), cached, time).
-            json: the same with `embeddings`, the seed's nested lists (~12.5 MB over the wire).
+            json: the same with `embeddings`, Roboflow inference's nested lists (~12.5 MB over the wire).
             binary: the float32 (1, 256, 64, 64) embedding, usable as `segment_image(embeddings=...)`.
         """
         return self._send(self._embed_call(image, image_id=image_id, format=format))

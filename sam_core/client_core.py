@@ -14,13 +14,8 @@ from typing import Any, Generic, Literal, TypedDict, TypeVar
 import httpx
 import numpy as np
 
-from sam_core.wire.calls import (
-    DEFAULT_TIMEOUT_S,
-    ImageLike,
+from sam_core.wire.answers import (
     SegmentArrays,
-    client_headers,
-    embed_request_body,
-    everything_request_body,
     json_object,
     parse_embed_response,
     parse_everything_response,
@@ -28,6 +23,13 @@ from sam_core.wire.calls import (
     parse_prompts_response,
     parse_readiness,
     parse_segment_response,
+)
+from sam_core.wire.calls import (
+    DEFAULT_TIMEOUT_S,
+    ImageLike,
+    client_headers,
+    embed_request_body,
+    everything_request_body,
     prompts_request_body,
     segment_request_body,
     with_model,

@@ -1,4 +1,4 @@
-"""Which of the served models a request names: its `model` field, else the seed's `sam_version_id`, else the
+"""Which of the served models a request names: its `model` field, else Roboflow inference's `sam_version_id`, else the
 default (the first of `Settings.served_models`)."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def check_served_models(settings: Settings) -> None:
 def resolve_model(served: Sequence[ModelSpec], model: str | None, sam_version_id: str | None) -> ModelSpec:
     """The served model a request asks for, or UnknownModel (404) naming the field and what is served.
 
-    `model` names a served id. The seed's `sam_version_id` names a model type (vit_h): it picks the served id
-    equal to it, else the first served model of that type, so a seed client that sends `vit_h` to a service
+    `model` names a served id. Roboflow inference's `sam_version_id` names a model type (vit_h): it picks the served id
+    equal to it, else the first served model of that type, so a Roboflow client that sends `vit_h` to a service
     serving one vit_h keeps working whatever its id.
     """
     if model:

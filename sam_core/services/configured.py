@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from sam_core.model.build import LoadedModel, ModelIdentity, load_model
 from sam_core.model.checkpoints import resolve_checkpoint
-from sam_core.model.decoder import OnnxDecoder, decoder_filename
+from sam_core.model.decoder import OnnxDecoder
+from sam_core.model.decoder_export import decoder_filename
 from sam_core.model.encoder import DEFAULT_MAX_BATCH_SIZE, ImageEncoder
 from sam_core.settings import Settings
 

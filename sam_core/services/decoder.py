@@ -23,9 +23,9 @@ from sam_core.model.prompts import Prompt, build_prompt
 from sam_core.services.configured import open_decoder
 from sam_core.settings import ImageLimits, Settings
 from sam_core.wire.image_checks import check_image_size
+from sam_core.wire.messages import SegmentJob, SegmentResult
 from sam_core.wire.npy import segment_to_npz
 from sam_core.wire.responses import encode_masks
-from sam_core.wire.schemas import SegmentJob, SegmentResult
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class DecoderService:
                 cached_logits = None
         if not job.has_mask_input:
             return embedding, None
-        # An explicit mask wins over the cached one (the seed let the cache win: a bug not copied).
+        # An explicit mask wins over the cached one (Roboflow inference let the cache win: a bug not copied).
         if job.mask_input is not None:
             return embedding, job.mask_input
         if cached_logits is not None and job.use_mask_input_cache:

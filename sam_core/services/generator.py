@@ -19,7 +19,7 @@ from sam_core.services.decoder import DecoderService
 from sam_core.wire.generator_schemas import EverythingJob
 from sam_core.wire.image_checks import check_image_size
 from sam_core.wire.masks import encode_png, mask_to_polygon
-from sam_core.wire.schemas import SegmentResult
+from sam_core.wire.messages import SegmentResult
 
 log = logging.getLogger(__name__)
 
