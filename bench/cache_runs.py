@@ -58,7 +58,7 @@ def encoder_runs(bench: Bench, report: Report, clicks: int) -> None:
     from sam_core.model.encoder import ImageEncoder
     from sam_core.services.decoder import DecoderService
     from sam_core.services.encoder import EncoderService
-    from sam_core.wire.schemas import SegmentJob
+    from sam_core.wire.messages import SegmentJob
 
     print(f"[7] encoder runs per {clicks}-click session, 2 decoder replicas vs 2 per-process-cache workers", flush=True)
     bench.deploy("vit_tiny", decoders=2, decoder_threads=1)
