@@ -88,8 +88,9 @@ async def segment_everything(ingress: SamIngress, request: SegmentEverythingRequ
     # Crops need the image's size here; the whole image's entry alone is read by the decoder.
     found = await ingress.embeddings.find(model, request, tenant, in_hand=options.crop_n_layers > 0)
     key = found.keys.cache_key
-    # A cached entry is read by the decoder from the shared cache; only a fresh one travels with the job.
-    sent = found.embedding if not (found.cached and ingress.cache.shared) else None
+    # An entry in the shared cache (cached, or put there by another replica's run) is read by the decoder there;
+    # only one this request's own run embedded travels with the job.
+    sent = None if found.source == "cache" and ingress.cache.shared else found.embedding
     embeddings: list[ImageEmbedding | None] = [sent]
     keys = [key]
     if options.crop_n_layers > 0:
