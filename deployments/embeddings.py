@@ -10,14 +10,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 
 from deployments import metrics
 from deployments.model_routing import ModelRouting
 from deployments.off_loop import off_loop
+from deployments.replica_presence import ReplicaPresence
 from sam_core.cache import EmbeddingCache
 from sam_core.embedding import EncoderInput, ImageEmbedding, same_content
-from sam_core.errors import CacheMiss, CacheUnavailable, InvalidInput, Overloaded
+from sam_core.errors import CacheMiss, CacheUnavailable, EncoderUnavailable, InvalidInput, Overloaded
 from sam_core.settings import Settings
 from sam_core.single_flight import SingleFlight
 from sam_core.wire.image_ids import ImageKeys, check_content_id, image_keys
@@ -56,10 +58,14 @@ class Found:
 class Embeddings:
     """Get or embed: the cache holds an image's embedding, or one encoder run of the image sent puts it there."""
 
-    def __init__(self, models: ModelRouting, cache: EmbeddingCache, settings: Settings) -> None:
+    def __init__(
+        self, models: ModelRouting, cache: EmbeddingCache, settings: Settings, encoders: ReplicaPresence
+    ) -> None:
         self.models = models
         self.cache = cache
         self.settings = settings
+        # Whether an encoder replica runs: a cold request fails at once with 503 rather than waits for one.
+        self.encoders = encoders
         self.flights = SingleFlight(cache, lock_ttl_s=settings.embed_lock_ttl_s, wait_s=settings.embed_wait_s)
         self.url_fetches = asyncio.Semaphore(settings.images.max_url_fetches)
 
@@ -159,11 +165,17 @@ class Embeddings:
         return await off_loop(encoder_input, image, self.settings.images, pool="image")
 
     async def encode(self, model: str, image: EncoderInput, cache_key: str) -> ImageEmbedding:
-        """One encoder call; the encoder stores the embedding under `cache_key` before it answers."""
+        """One encoder call; the encoder stores the embedding under `cache_key` before it answers.
+
+        EncoderUnavailable (503, Retry-After) when no encoder replica runs, or the one called died mid-call.
+        """
         try:
-            embedding: ImageEmbedding = await self.models.encoder(model).embed.remote(image, cache_key)
+            response = self.models.encoder(model).embed.remote(image, cache_key)
+            embedding: ImageEmbedding = await self.encoders.call(response, "encoder")
         except BackPressureError as exc:
             raise Overloaded("the encoder is at capacity: retry shortly") from exc
+        except (RayActorError, ReplicaUnavailableError) as exc:
+            raise EncoderUnavailable("the encoder replica failed during the request: retry shortly") from exc
         if not self.cache.shared:
             # Without Redis every process has its own cache: the ingress keeps the embeddings and sends them
             # inline, so follow-ups work whichever decoder replica answers.

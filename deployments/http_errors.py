@@ -47,15 +47,18 @@ def _route(request: Request) -> str:
     return str(getattr(request.scope.get("route"), "path", "unmatched"))
 
 
-def _error_response(request: Request, status: int, error: str, field: str | None, reason: str) -> JSONResponse:
+def _error_response(
+    request: Request, status: int, error: str, field: str | None, reason: str, retry_after_s: int | None = None
+) -> JSONResponse:
     metrics.error_response(error, _route(request))
-    return JSONResponse(status_code=status, content={"error": error, "field": field, "reason": reason})
+    headers = None if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+    return JSONResponse(status_code=status, content={"error": error, "field": field, "reason": reason}, headers=headers)
 
 
 async def _sam_error(request: Request, exc: SamServeError) -> JSONResponse:
     # Ray re-raises a replica's exception as a subclass of it; report the original class name.
     name = next((c.__name__ for c in type(exc).__mro__ if c.__module__ == "sam_core.errors"), "SamServeError")
-    return _error_response(request, exc.http_status, name, exc.field, exc.reason)
+    return _error_response(request, exc.http_status, name, exc.field, exc.reason, exc.retry_after_s)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -79,7 +82,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _replica_died(request: Request, exc: Exception) -> JSONResponse:
-    return _error_response(request, 503, "ReplicaUnavailable", None, "a model replica failed during the request: retry")
+    reason = "a model replica failed during the request: retry"
+    return _error_response(request, 503, "ReplicaUnavailable", None, reason, retry_after_s=1)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

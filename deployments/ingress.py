@@ -24,6 +24,7 @@ from deployments.embeddings import CACHE_DOWN, Embeddings
 from deployments.limits import configure_guards
 from deployments.model_routing import ModelRouting
 from deployments.off_loop import off_loop
+from deployments.replica_presence import ReplicaPresence
 from deployments.ui import UiFiles
 from sam_core.cache.configured import cache_from_settings
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded
@@ -53,7 +54,7 @@ class SamIngress:
         self.cache = cache_from_settings(settings)
         self.cache.read_observer = metrics.cache_read
         self.routing = ModelRouting(settings, encoder, decoder, self.cache)
-        self.embeddings = Embeddings(self.routing, self.cache, settings)
+        self.embeddings = Embeddings(self.routing, self.cache, settings, ReplicaPresence.of(encoder.deployment_name))
         self.decoder_files = DecoderFiles(self.routing)
         self.ui_files = UiFiles(settings.ui_dir)
         configure_guards(settings)

@@ -11,6 +11,8 @@ class SamServeError(Exception):
     """Base of every error sam-serve raises on purpose."""
 
     http_status: int = 500
+    # Seconds a client should wait before it retries (the Retry-After header), for errors that pass.
+    retry_after_s: int | None = None
 
     def __init__(self, reason: str, *, field: str | None = None) -> None:
         super().__init__(f"{field}: {reason}" if field else reason)
@@ -102,6 +104,15 @@ class Overloaded(SamServeError):
     """A deployment's queue is full: shed at once (retry shortly) rather than queued without bound."""
 
     http_status = 503
+    retry_after_s = 1
+
+
+class EncoderUnavailable(SamServeError):
+    """No encoder replica runs (its node lost, none schedulable) or the one serving the request died: an image
+    not cached cannot be embedded now; cached images are still answered."""
+
+    http_status = 503
+    retry_after_s = 5
 
 
 class ModelUnavailable(SamServeError):

@@ -1,0 +1,320 @@
+"""A real multi-node Ray cluster on one Linux machine (root): each `ray start` node and the Redis server on a
+host of its own (scripts/cluster_hosts.py), serve_config.yaml deployed with `serve deploy`.
+
+    up | status | kill NAME | start NAME | cut NAME | heal NAME | deploy [CONFIG] | down
+
+(scripts/local-cluster.sh is the entry point.) `start` brings a killed node back (not the head); `deploy` runs
+`serve deploy` of a config (the cluster's own by default) and waits until the app runs.
+
+`up` and `status` print one JSON object on their last line: url, redis, dashboard, config, and nodes (name,
+role, ip; `status` adds each node's running replicas). Environment: SAM_CLUSTER_PREFIX (names, default samc),
+SAM_CLUSTER_SUBNET (first three octets, default 10.77.0), SAM_CLUSTER_DIR (state and logs), SAM_CLUSTER_MODEL_TYPE
+and SAM_CLUSTER_CHECKPOINT (default: a seeded random vit_tiny checkpoint, made in the state folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from cluster_config import NODE_RESOURCES, cluster_config, write_config
+from cluster_hosts import Network
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's ray, serve, sam-serve and redis client tools
+APP = "sam"
+# (name, role, host number); the Redis host is one too, outside Ray.
+HOSTS = [("head", "head", 10), ("encoder", "encoder", 11), ("decoder-1", "decoder", 12), ("decoder-2", "decoder", 13)]
+REDIS = ("redis", "redis", 20)
+RAY_PORT, DASHBOARD_PORT, HTTP_PORT, REDIS_PORT, METRICS_PORT = 6379, 8265, 8000, 6379, 8080
+# A dead node is declared dead in ~3 s instead of Ray's default ~30 s (GCS health checks: every second, 3 misses).
+FAST_FAILURE_DETECTION = {
+    "RAY_health_check_initial_delay_ms": "2000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+    # Each node's Prometheus endpoint (http://IP:8080/metrics) refreshed every second instead of every 10.
+    "RAY_metrics_report_interval_ms": "1000",
+}
+
+
+def network() -> Network:
+    return Network(os.environ.get("SAM_CLUSTER_PREFIX", "samc"), os.environ.get("SAM_CLUSTER_SUBNET", "10.77.0"))
+
+
+def state_dir(net: Network) -> Path:
+    return Path(os.environ.get("SAM_CLUSTER_DIR", f"/tmp/sam-cluster-{net.prefix}"))
+
+
+def ray_dir(net: Network) -> Path:
+    """The nodes' Ray temp dirs: short, since Unix socket paths inside them must stay under 108 bytes."""
+    return Path(f"/tmp/sam-ray-{net.prefix}")
+
+
+def node_env() -> dict[str, str]:
+    """The nodes' environment: this one without SAM_* or RAY_ADDRESS (the deployed config is the one source of
+    settings), the venv's tools first on PATH, fast failure detection."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAM_") and k != "RAY_ADDRESS"}
+    env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # One mode on every node and tool (a head would otherwise pick token auth from ~/.ray/auth_token when it is
+    # there); the cluster's bridge reaches only this machine.
+    env["RAY_AUTH_MODE"] = "disabled"
+    return {**env, **FAST_FAILURE_DETECTION}
+
+
+def describe(net: Network) -> dict[str, Any]:
+    head, redis = net.address(HOSTS[0][2]), net.address(REDIS[2])
+    state = state_dir(net)
+    return {
+        "url": f"http://{head}:{HTTP_PORT}",
+        "redis": f"redis://{redis}:{REDIS_PORT}/0",
+        "dashboard": f"http://{head}:{DASHBOARD_PORT}",
+        "config": str(state / "serve_config.yaml"),
+        "nodes": [
+            {"name": name, "role": role, "ip": net.address(n)}
+            | ({"metrics": f"http://{net.address(n)}:{METRICS_PORT}/metrics"} if role != "redis" else {})
+            for name, role, n in [*HOSTS, REDIS]
+        ],
+    }
+
+
+def get_json(url: str, timeout_s: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+        return json.loads(answer.read())
+
+
+def wait_for(what: str, check: Any, timeout_s: float) -> Any:
+    """Poll `check()` until it returns something true; raise after `timeout_s` with the last error."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            if result := check():
+                return result
+        except (OSError, ValueError, urllib.error.URLError) as exc:
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{what}: not ready in {timeout_s:.0f} s (last error: {last})")
+
+
+def ray_start_args(net: Network, name: str, role: str, ip: str, state: Path) -> list[str]:
+    """`ray start` for one node. Each node has its own temp dir (its logs and Unix sockets): the namespaces share
+    one filesystem, and nodes started together in one dir would race for the same socket names."""
+    cpus, resources = NODE_RESOURCES[role]
+    args = [str(BIN / "ray"), "start", f"--node-ip-address={ip}", f"--num-cpus={cpus}", "--num-gpus=0"]
+    args += [f"--temp-dir={ray_dir(net) / name}", f"--metrics-export-port={METRICS_PORT}"]
+    args += [f"--resources={json.dumps(resources)}", "--object-store-memory=200000000", "--disable-usage-stats"]
+    if role == "head":
+        args += [f"--port={RAY_PORT}", "--head", "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}"]
+        return args
+    return [*args, f"--address={net.address(HOSTS[0][2])}:{RAY_PORT}"]
+
+
+def start_redis(net: Network, state: Path) -> None:
+    name, _, number = REDIS
+    argv = ["redis-server", "--bind", "0.0.0.0", "--port", str(REDIS_PORT), "--protected-mode", "no", "--save", ""]
+    argv += ["--appendonly", "no", "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]
+    net.spawn(name, argv, node_env(), str(state / "logs" / "redis.log"))
+    ping = [str(BIN / "python"), "-c", f"import redis; redis.Redis('{net.address(number)}', {REDIS_PORT}).ping()"]
+    wait_for("redis", lambda: os.spawnv(os.P_WAIT, ping[0], ping) == 0, 30)
+
+
+def checkpoint(state: Path) -> tuple[str, str]:
+    """(model_type, checkpoint path): the given one, or a seeded random vit_tiny made once in the state folder."""
+    model_type = os.environ.get("SAM_CLUSTER_MODEL_TYPE", "vit_tiny")
+    given = os.environ.get("SAM_CLUSTER_CHECKPOINT")
+    if given:
+        return model_type, str(Path(given).resolve())
+    path = state / f"sam_{model_type}_random_seed0.pth"
+    if not path.exists():
+        make = [str(BIN / "sam-serve"), "make-checkpoint", "--model-type", model_type, "--out", str(path)]
+        if os.spawnv(os.P_WAIT, make[0], make) != 0:
+            raise RuntimeError(f"could not make a random {model_type} checkpoint")
+    return model_type, str(path)
+
+
+def application(dashboard: str) -> dict[str, Any] | None:
+    apps: dict[str, Any] = get_json(f"{dashboard}/api/serve/applications/").get("applications", {})
+    return apps.get(APP)
+
+
+def up() -> dict[str, Any]:
+    net = network()
+    state = state_dir(net)
+    if (state / "cluster.json").exists():
+        raise SystemExit(f"a cluster is up ({state}/cluster.json): `local-cluster.sh down` first")
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    info = describe(net)
+    net.create_bridge()
+    for name, _, number in [*HOSTS, REDIS]:
+        net.add_host(name, number)
+    (state / "cluster.json").write_text(json.dumps(info))
+    start_redis(net, state)
+    model_type, path = checkpoint(state)
+    env, logs = node_env(), state / "logs"
+    head_name, head_role, head_number = HOSTS[0]
+    head_args = ray_start_args(net, head_name, head_role, net.address(head_number), state)
+    net.run(head_name, head_args, env, str(logs / "head.log"), timeout_s=120)
+    with ThreadPoolExecutor(len(HOSTS) - 1) as pool:
+        started = [
+            pool.submit(
+                net.run,
+                name,
+                ray_start_args(net, name, role, net.address(n), state),
+                env,
+                str(logs / f"{name}.log"),
+                120,
+            )
+            for name, role, n in HOSTS[1:]
+        ]
+        for future in started:
+            future.result()
+    config = cluster_config(
+        REPO / "serve_config.yaml",
+        redis_url=info["redis"],
+        model_type=model_type,
+        checkpoint=path,
+        cache_dir=str(state / "models"),
+    )
+    write_config(config, Path(info["config"]))
+    deploy(info)
+    return info
+
+
+def deploy(info: dict[str, Any], config: str | None = None, timeout_s: float = 300) -> None:
+    """`serve deploy` the config (the cluster's own by default), then wait until the app runs and /readyz is 200."""
+    argv = [str(BIN / "serve"), "deploy", config or info["config"], "--address", info["dashboard"]]
+    if os.spawnve(os.P_WAIT, argv[0], argv, node_env()) != 0:
+        raise RuntimeError("serve deploy failed")
+    wait_for("the sam app", lambda: (application(info["dashboard"]) or {}).get("status") == "RUNNING", timeout_s)
+    wait_for("/readyz", lambda: get_json(f"{info['url']}/readyz").get("ready"), 60)
+
+
+def replicas_by_node(info: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """Node IP -> deployment -> the ids of its replicas alive there (as X-Decoder-Replica names them), from Ray's
+    state API."""
+    dashboard = info["dashboard"]
+    query = "detail=1&limit=10000&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
+    actors = get_json(f"{dashboard}/api/v0/actors?{query}")["data"]["result"]["result"]
+    nodes = get_json(f"{dashboard}/api/v0/nodes?limit=1000")["data"]["result"]["result"]
+    ip_of = {node["node_id"]: node["node_ip"] for node in nodes if node["state"] == "ALIVE"}
+    placed: dict[str, dict[str, list[str]]] = {}
+    for actor in actors:
+        # SERVE_REPLICA::APP#DEPLOYMENT#REPLICA_ID
+        name = actor.get("name") or ""
+        if name.startswith(f"SERVE_REPLICA::{APP}#") and actor.get("node_id") in ip_of:
+            _, deployment, replica = name.split("#")
+            placed.setdefault(ip_of[actor["node_id"]], {}).setdefault(deployment, []).append(replica)
+    return placed
+
+
+def status() -> dict[str, Any]:
+    info = loaded()
+    try:
+        placed = replicas_by_node(info)
+    except (OSError, ValueError, KeyError) as exc:
+        placed, info["error"] = {}, f"the head's state API did not answer: {exc}"
+    for node in info["nodes"]:
+        here = placed.get(node["ip"], {})
+        node["replicas"] = sorted(here)
+        node["replica_ids"] = {deployment: sorted(ids) for deployment, ids in sorted(here.items())}
+    return info
+
+
+def loaded() -> dict[str, Any]:
+    path = state_dir(network()) / "cluster.json"
+    if not path.exists():
+        raise SystemExit("no cluster is up (`local-cluster.sh up`)")
+    info: dict[str, Any] = json.loads(path.read_text())
+    return info
+
+
+def host_number(name: str) -> int:
+    numbers = {host: number for host, _, number in [*HOSTS, REDIS]}
+    if name not in numbers:
+        raise SystemExit(f"unknown node {name!r}: one of {', '.join(numbers)}")
+    return numbers[name]
+
+
+def down() -> None:
+    net = network()
+    for name, _, number in [*reversed(HOSTS), REDIS]:
+        net.remove_host(name, number)
+    net.remove_bridge()
+    state = state_dir(net)
+    (state / "cluster.json").unlink(missing_ok=True)
+    shutil.rmtree(ray_dir(net), ignore_errors=True)
+
+
+def up_or_clean_up() -> None:
+    try:
+        print(json.dumps(up()))
+    except BaseException:
+        print(f"local-cluster: up failed; logs in {state_dir(network()) / 'logs'}", file=sys.stderr)
+        if not os.environ.get("SAM_CLUSTER_KEEP_FAILED"):
+            down()
+        raise
+
+
+def restart(net: Network, name: str) -> None:
+    """Start a killed node again: `ray start` joins it to the head anew; Redis comes back empty."""
+    state = state_dir(net)
+    if net.pids(name):
+        raise SystemExit(f"{name} is running: `kill {name}` first")
+    if name == REDIS[0]:
+        start_redis(net, state)
+        return
+    role = next(role for host, role, _ in HOSTS if host == name)
+    if role == "head":
+        raise SystemExit("the head holds the cluster: `down` and `up` instead")
+    args = ray_start_args(net, name, role, net.address(host_number(name)), state)
+    net.run(name, args, node_env(), str(state / "logs" / f"{name}.log"), timeout_s=120)
+
+
+def on_host(command: str, rest: list[str]) -> None:
+    """kill / cut / heal / start NAME."""
+    if len(rest) != 1:
+        raise SystemExit(f"usage: local-cluster.sh {command} NAME")
+    loaded()
+    net, number = network(), host_number(rest[0])
+    if command == "kill":
+        print(f"killed {net.kill(rest[0])} processes on {rest[0]}", file=sys.stderr)
+    elif command == "start":
+        restart(net, rest[0])
+    elif command == "cut":
+        net.cut(number)
+    else:
+        net.heal(number)
+
+
+def main(argv: list[str]) -> int:
+    commands: dict[str, Callable[[list[str]], None]] = {
+        "up": lambda rest: up_or_clean_up(),
+        "status": lambda rest: print(json.dumps(status())),
+        "deploy": lambda rest: deploy(loaded(), rest[0] if rest else None),
+        "down": lambda rest: down(),
+        "kill": lambda rest: on_host("kill", rest),
+        "cut": lambda rest: on_host("cut", rest),
+        "heal": lambda rest: on_host("heal", rest),
+        "start": lambda rest: on_host("start", rest),
+    }
+    if not argv or argv[0] not in commands:
+        print(__doc__, file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        raise SystemExit("local-cluster.sh needs root (network namespaces)")
+    commands[argv[0]](argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
