@@ -116,16 +116,8 @@ class Network:
 
     def run(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: str, timeout_s: float) -> None:
         """Run `argv` inside host `name` to its end; a failure raises with the log's last lines."""
-        with open(log_path, "ab") as log:
-            done = subprocess.run(
-                ["ip", "netns", "exec", self.namespace(name), *argv],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                timeout=timeout_s,
-            )
-        if done.returncode != 0:
+        returncode = self.spawn(name, argv, env, log_path).wait(timeout=timeout_s)
+        if returncode != 0:
             with open(log_path, encoding="utf-8", errors="replace") as log:
                 tail = "".join(log.readlines()[-15:])
-            raise RuntimeError(f"{' '.join(argv[:3])} in {name} failed ({done.returncode}):\n{tail}")
+            raise RuntimeError(f"{' '.join(argv[:3])} in {name} failed ({returncode}):\n{tail}")
