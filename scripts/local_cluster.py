@@ -26,50 +26,28 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cluster_config import NODE_RESOURCES, cluster_config, write_config
+from cluster_config import cluster_config, write_config
 from cluster_hosts import Network
+from cluster_nodes import BIN, DASHBOARD_PORT, METRICS_PORT, node_env, ray_dir, ray_start_args
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent  # the venv's ray, serve, sam-serve and redis client tools
 APP = "sam"
 # (name, role, host number); the Redis host is one too, outside Ray.
 HOSTS = [("head", "head", 10), ("encoder", "encoder", 11), ("decoder-1", "decoder", 12), ("decoder-2", "decoder", 13)]
 REDIS = ("redis", "redis", 20)
-RAY_PORT, DASHBOARD_PORT, HTTP_PORT, REDIS_PORT, METRICS_PORT = 6379, 8265, 8000, 6379, 8080
-# A dead node is declared dead in ~3 s instead of Ray's default ~30 s (GCS health checks: every second, 3 misses).
-FAST_FAILURE_DETECTION = {
-    "RAY_health_check_initial_delay_ms": "2000",
-    "RAY_health_check_period_ms": "1000",
-    "RAY_health_check_timeout_ms": "1000",
-    "RAY_health_check_failure_threshold": "3",
-    # Each node's Prometheus endpoint (http://IP:8080/metrics) refreshed every second instead of every 10.
-    "RAY_metrics_report_interval_ms": "1000",
-}
+HTTP_PORT, REDIS_PORT = 8000, 6379
 
 
 def network() -> Network:
     return Network(os.environ.get("SAM_CLUSTER_PREFIX", "samc"), os.environ.get("SAM_CLUSTER_SUBNET", "10.77.0"))
 
 
+def head_ip(net: Network) -> str:
+    return net.address(HOSTS[0][2])
+
+
 def state_dir(net: Network) -> Path:
     return Path(os.environ.get("SAM_CLUSTER_DIR", f"/tmp/sam-cluster-{net.prefix}"))
-
-
-def ray_dir(net: Network) -> Path:
-    """The nodes' Ray temp dirs: short, since Unix socket paths inside them must stay under 108 bytes."""
-    return Path(f"/tmp/sam-ray-{net.prefix}")
-
-
-def node_env() -> dict[str, str]:
-    """The nodes' environment: this one without SAM_* or RAY_ADDRESS (the deployed config is the one source of
-    settings), the venv's tools first on PATH, fast failure detection."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAM_") and k != "RAY_ADDRESS"}
-    env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    # One mode on every node and tool (a head would otherwise pick token auth from ~/.ray/auth_token when it is
-    # there); the cluster's bridge reaches only this machine.
-    env["RAY_AUTH_MODE"] = "disabled"
-    return {**env, **FAST_FAILURE_DETECTION}
 
 
 def describe(net: Network) -> dict[str, Any]:
@@ -104,19 +82,6 @@ def wait_for(what: str, check: Any, timeout_s: float) -> Any:
             last = exc
         time.sleep(0.5)
     raise TimeoutError(f"{what}: not ready in {timeout_s:.0f} s (last error: {last})")
-
-
-def ray_start_args(net: Network, name: str, role: str, ip: str, state: Path) -> list[str]:
-    """`ray start` for one node. Each node has its own temp dir (its logs and Unix sockets): the namespaces share
-    one filesystem, and nodes started together in one dir would race for the same socket names."""
-    cpus, resources = NODE_RESOURCES[role]
-    args = [str(BIN / "ray"), "start", f"--node-ip-address={ip}", f"--num-cpus={cpus}", "--num-gpus=0"]
-    args += [f"--temp-dir={ray_dir(net) / name}", f"--metrics-export-port={METRICS_PORT}"]
-    args += [f"--resources={json.dumps(resources)}", "--object-store-memory=200000000", "--disable-usage-stats"]
-    if role == "head":
-        args += [f"--port={RAY_PORT}", "--head", "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}"]
-        return args
-    return [*args, f"--address={net.address(HOSTS[0][2])}:{RAY_PORT}"]
 
 
 def start_redis(net: Network, state: Path) -> None:
@@ -162,14 +127,14 @@ def up() -> dict[str, Any]:
     model_type, path = checkpoint(state)
     env, logs = node_env(), state / "logs"
     head_name, head_role, head_number = HOSTS[0]
-    head_args = ray_start_args(net, head_name, head_role, net.address(head_number), state)
+    head_args = ray_start_args(net, head_name, head_role, net.address(head_number), head_ip(net))
     net.run(head_name, head_args, env, str(logs / "head.log"), timeout_s=120)
     with ThreadPoolExecutor(len(HOSTS) - 1) as pool:
         started = [
             pool.submit(
                 net.run,
                 name,
-                ray_start_args(net, name, role, net.address(n), state),
+                ray_start_args(net, name, role, net.address(n), head_ip(net)),
                 env,
                 str(logs / f"{name}.log"),
                 120,
@@ -276,7 +241,7 @@ def restart(net: Network, name: str) -> None:
     role = next(role for host, role, _ in HOSTS if host == name)
     if role == "head":
         raise SystemExit("the head holds the cluster: `down` and `up` instead")
-    args = ray_start_args(net, name, role, net.address(host_number(name)), state)
+    args = ray_start_args(net, name, role, net.address(host_number(name)), head_ip(net))
     net.run(name, args, node_env(), str(state / "logs" / f"{name}.log"), timeout_s=120)
 
 
