@@ -81,8 +81,9 @@ def sample_image(variant: int = 0) -> np.ndarray:
     """
     image = Image.new("RGB", (WIDTH, HEIGHT), (40, 90, 160))
     draw = ImageDraw.Draw(image)
-    draw.ellipse((600, 300, 1500, 1200), fill=(230, 200, 40))
-    offset = 7 * variant
+    lift = 5 * (variant // 240)  # past 240 variants the rectangle has left the frame: move the ellipse too
+    draw.ellipse((600, 300 - lift, 1500, 1200 - lift), fill=(230, 200, 40))
+    offset = 7 * (variant % 240)
     draw.rectangle((1700 - offset, 200, 2100 - offset, 700), fill=(200, 40, 60))
     return np.asarray(image).copy()
 

@@ -22,8 +22,9 @@ from sam_core.embedding import EncoderInput, ImageEmbedding, same_content
 from sam_core.errors import CacheMiss, CacheUnavailable, EncoderUnavailable, InvalidInput, Overloaded
 from sam_core.settings import Settings
 from sam_core.single_flight import SingleFlight
-from sam_core.wire.image_ids import ImageKeys, check_content_id, image_keys
-from sam_core.wire.images import EncodedImage, encoded_file, encoder_input, read_image
+from sam_core.wire.image_ids import ImageKeys, check_content_id, image_keys, is_content_hash
+from sam_core.wire.images import EncodedImage, check_encoder_input, encoded_file, encoder_input, read_image
+from sam_core.wire.messages import WarmImage
 from sam_core.wire.url_fetch import fetch_url
 
 CACHE_DOWN = "the embedding cache is unavailable: resend the request with the image"
@@ -149,15 +150,37 @@ class Embeddings:
 
     async def warm(self, model: str, request: Any, tenant: str) -> tuple[str, bool]:
         """The image's id (its `image_id`, else the hash of its bytes) and whether `model`'s embedding of it was
-        cached (from the entry's header alone); when it was not, one encoder run of it puts it there."""
-        if request.image is None:
-            await self.read(request)  # refused: warming needs the image
-        keys, image = await self.keyed(request, tenant)
+        cached (from the entry's header alone); when it was not, one encoder run of it puts it there.
+
+        `request`: an EmbedImageRequest (the image as sent, decoded here), or a `WarmImage` whose pixels the
+        caller decoded and resized itself (then only its frame is checked, and it is keyed by its content id).
+        """
+        image: EncodedImage | EncoderInput | None
+        if isinstance(request, WarmImage):
+            image = check_encoder_input(request.pixels, self.settings.images)
+            keys = image_keys(tenant, None, image.content_id)
+        else:
+            if request.image is None:
+                await self.read(request)  # refused: warming needs the image
+            keys, image = await self.keyed(request, tenant)
         assert image is not None, "the image was sent"
         if await self.cache.has_embedding(await self.models.model_id(model), keys.cache_key, image.content_id):
             return keys.reply_id, True
         await self.embed_once(model, keys.cache_key, image, {}, inline=False)
         return keys.reply_id, False
+
+    async def cached(self, model: str, content_ids: list[str], tenant: str) -> list[bool]:
+        """Whether `model`'s embedding of each image (by its `sha256:` content id) is cached, from the entries'
+        headers: what `sam-serve warm`'s workers ask before they decode a batch."""
+        model_id = await self.models.model_id(model)
+        for index, content_id in enumerate(content_ids):
+            if not is_content_hash(content_id):
+                raise InvalidInput("must be the sha256: hash of an image's bytes", field=f"content_ids[{index}]")
+        keys = [image_keys(tenant, None, content_id).cache_key for content_id in content_ids]
+        found = await asyncio.gather(
+            *(self.cache.has_embedding(model_id, key, cid) for key, cid in zip(keys, content_ids, strict=True))
+        )
+        return list(found)
 
     async def encoder_input(self, image: EncodedImage) -> EncoderInput:
         """The image decoded and resized to the encoder's input frame (off the loop, on the image thread): only
@@ -183,10 +206,11 @@ class Embeddings:
         return embedding
 
     async def embed_once(
-        self, model: str, key: str, image: EncodedImage, stages: dict[str, float], *, inline: bool
+        self, model: str, key: str, image: EncodedImage | EncoderInput, stages: dict[str, float], *, inline: bool
     ) -> tuple[ImageEmbedding | None, str]:
         """The image's embedding from the one encoder run of it that concurrent requests share, and where it
-        came from (`encoder` or `cache`).
+        came from (`encoder` or `cache`). `image`: as sent (decoded and resized here, on the image thread), or
+        already in the input frame.
 
         None when another replica's run put it in the shared cache and `inline` is False (the decoder reads it
         there). `stages` gets this request's image and encoder times, or the time it waited for another run.
@@ -195,7 +219,7 @@ class Embeddings:
 
         async def embed() -> ImageEmbedding:
             loading = time.perf_counter()
-            pixels = await self.encoder_input(image)
+            pixels = image if isinstance(image, EncoderInput) else await self.encoder_input(image)
             encoding = time.perf_counter()
             stages["image_s"] = encoding - loading
             embedding = await self.encode(model, pixels, key)

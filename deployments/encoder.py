@@ -50,6 +50,13 @@ class SamEncoder:
         self.images_embedded = 0
         self.batches = 0
         self.batch_sizes: Counter[int] = Counter()
+        # Set while no forward pass runs. Serve forms a batch as soon as its first call has waited
+        # `batch_wait_timeout_s`, even while the last batch still computes (the next one then waits its turn), so
+        # calls arriving one by one during a pass would each make a batch of 1; held at this gate instead, they
+        # enter together when the pass ends and make one batch.
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.running = 0
         default = self.models.default
         log.info("SamEncoder ready: model=%s device=%s", default.identity.model_id, default.device)
 
@@ -73,7 +80,14 @@ class SamEncoder:
         _, service = await self.models.current()  # one model per batch: Serve splits batches by model
         model_id = service.identity.model_id
         started = time.perf_counter()
-        embeddings = await loop.run_in_executor(self.executor, service.embed_batch, images)
+        self.running += 1
+        self.idle.clear()
+        try:
+            embeddings = await loop.run_in_executor(self.executor, service.embed_batch, images)
+        finally:
+            self.running -= 1
+            if not self.running:
+                self.idle.set()
         metrics.encoder_batch(model_id, len(images), time.perf_counter() - started)
         self.images_embedded += len(images)
         self.batches += 1
@@ -90,6 +104,7 @@ class SamEncoder:
     async def embed(self, pixels: np.ndarray | EncoderInput, cache_key: str | None) -> ImageEmbedding:
         """Embed one image and cache it under `cache_key` (if given): (H, W, 3) uint8 RGB pixels, or an
         `EncoderInput` the ingress already resized to the input frame (what it sends: ~3 MB, not the original)."""
+        await self.idle.wait()
         result: ImageEmbedding = await self._embed_batch((pixels, cache_key))
         return result
 

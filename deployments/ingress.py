@@ -28,11 +28,11 @@ from deployments.replica_presence import ReplicaPresence
 from deployments.ui import UiFiles
 from sam_core.cache.configured import cache_from_settings
 from sam_core.errors import CacheMiss, CacheUnavailable, Overloaded
-from sam_core.settings import Settings
+from sam_core.settings import ImageLimits, Settings
 from sam_core.wire.generator_schemas import SegmentEverythingRequest
 from sam_core.wire.image_ids import DEFAULT_TENANT, check_content_id, image_keys
 from sam_core.wire.jobs import client_embedding, explicit_mask_input, prompt_mask_inputs, segment_job
-from sam_core.wire.messages import EmbedResult, SegmentJob, SegmentResult, WarmResult
+from sam_core.wire.messages import EmbedResult, SegmentJob, SegmentResult, WarmImage, WarmResult
 from sam_core.wire.npy import embedding_to_npy
 from sam_core.wire.schemas import EMBED_ROUTE, SEGMENT_ROUTE, EmbedImageRequest, EmbedImageResponse, SegmentImageRequest
 
@@ -84,11 +84,24 @@ class SamIngress:
         metrics.request_served(EMBED_ROUTE, request.format, found.source, time.perf_counter() - started)
         return EmbedResult(response=response, embedding=embedding.embedding, npy=npy)
 
-    async def warm(self, request: EmbedImageRequest, tenant: str = DEFAULT_TENANT) -> WarmResult:
+    async def warm(self, request: EmbedImageRequest | WarmImage, tenant: str = DEFAULT_TENANT) -> WarmResult:
         """Embed the image into the shared cache unless it is there (`sam-serve warm`): keyed as `embed` keys it,
-        checked from the entry's header alone, and nothing comes back but whether it was cached."""
-        image_id, cached = await self.embeddings.warm(self.routing.resolve(request), request, tenant)
+        checked from the entry's header alone, and nothing comes back but whether it was cached. A `WarmImage`
+        comes decoded and resized by the caller (the ingress's image thread is spared)."""
+        model = self.routing.named(request.model) if isinstance(request, WarmImage) else self.routing.resolve(request)
+        image_id, cached = await self.embeddings.warm(model, request, tenant)
         return WarmResult(image_id=image_id, cached=cached)
+
+    async def warm_cached(
+        self, content_ids: list[str], model: str | None = None, tenant: str = DEFAULT_TENANT
+    ) -> list[bool]:
+        """Whether each image (its `sha256:` content id) is cached for `model` (None: the default): asked by
+        `sam-serve warm`'s workers before they decode, so a rerun decodes nothing."""
+        return await self.embeddings.cached(self.routing.named(model), content_ids, tenant)
+
+    async def image_limits(self) -> ImageLimits:
+        """The limits this app holds images to: `sam-serve warm`'s workers decode under the same ones."""
+        return self.settings.images
 
     async def segment(self, request: SegmentImageRequest, tenant: str = DEFAULT_TENANT) -> SegmentResult:
         """Masks for the request's prompt; the body is JSON-ready (json/rle/png) or npz bytes (binary).

@@ -1,10 +1,12 @@
 """A real multi-node Ray cluster on one Linux machine (root): each `ray start` node and the Redis server on a
 host of its own (scripts/cluster_hosts.py), serve_config.yaml deployed with `serve deploy`.
 
-    up | status | kill NAME | start NAME | cut NAME | heal NAME | deploy [CONFIG] | down
+    up | status | kill NAME | start NAME | cut NAME | heal NAME | deploy [CONFIG] | exec NAME CMD... | down
 
 (scripts/local-cluster.sh is the entry point.) `start` brings a killed node back (not the head); `deploy` runs
-`serve deploy` of a config (the cluster's own by default) and waits until the app runs.
+`serve deploy` of a config (the cluster's own by default) and waits until the app runs; `exec` runs a command on
+a node (its network, the nodes' environment, RAY_ADDRESS the head's), e.g. `exec head sam-serve warm DATA`, and
+exits with its status.
 
 `up` and `status` print one JSON object on their last line: url, redis, dashboard, config, and nodes (name,
 role, ip; `status` adds each node's running replicas). Environment: SAM_CLUSTER_PREFIX (names, default samc),
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import urllib.error
@@ -28,7 +31,7 @@ from typing import Any
 
 from cluster_config import cluster_config, write_config
 from cluster_hosts import Network
-from cluster_nodes import BIN, DASHBOARD_PORT, METRICS_PORT, node_env, ray_dir, ray_start_args
+from cluster_nodes import BIN, DASHBOARD_PORT, METRICS_PORT, RAY_PORT, node_env, ray_dir, ray_start_args
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "sam"
@@ -261,6 +264,17 @@ def on_host(command: str, rest: list[str]) -> None:
         net.heal(number)
 
 
+def on_node(rest: list[str]) -> None:
+    """exec NAME CMD...: CMD on that host, in the foreground."""
+    if len(rest) < 2:
+        raise SystemExit("usage: local-cluster.sh exec NAME CMD...")
+    loaded()
+    net, (name, *command) = network(), rest
+    host_number(name)
+    env = {**node_env(), "RAY_ADDRESS": f"{head_ip(net)}:{RAY_PORT}"}
+    raise SystemExit(subprocess.run(["ip", "netns", "exec", net.namespace(name), *command], env=env).returncode)
+
+
 def main(argv: list[str]) -> int:
     commands: dict[str, Callable[[list[str]], None]] = {
         "up": lambda rest: up_or_clean_up(),
@@ -271,6 +285,7 @@ def main(argv: list[str]) -> int:
         "cut": lambda rest: on_host("cut", rest),
         "heal": lambda rest: on_host("heal", rest),
         "start": lambda rest: on_host("start", rest),
+        "exec": on_node,
     }
     if not argv or argv[0] not in commands:
         print(__doc__, file=sys.stderr)

@@ -78,6 +78,12 @@ def is_content_id(image_id: str | None) -> bool:
     return image_id is not None and image_id.startswith(CONTENT_ID_PREFIX)
 
 
+def is_content_hash(value: object) -> bool:
+    """Whether `value` is a well-formed content id: `sha256:` and 64 lowercase hex digits."""
+    digest = value.removeprefix(CONTENT_ID_PREFIX) if isinstance(value, str) else ""
+    return len(digest) == 64 == len(str(value)) - len(CONTENT_ID_PREFIX) and set(digest) <= set("0123456789abcdef")
+
+
 @dataclass(frozen=True)
 class ImageKeys:
     """Where one request's image lives in the cache, and the id its answer names."""

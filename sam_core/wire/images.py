@@ -19,8 +19,9 @@ from sam_core.embedding import EncoderInput
 from sam_core.errors import ImageTooLarge, InvalidInput, URLInputRefused
 from sam_core.frames import preprocess_shape
 from sam_core.settings import ImageLimits
-from sam_core.wire.image_checks import check_byte_count, check_dimensions
+from sam_core.wire.image_checks import check_byte_count, check_dimensions, check_image_size
 from sam_core.wire.image_files import NPY_FORMAT, LoadedImage, decode_image_bytes, sha256_hex
+from sam_core.wire.image_ids import is_content_hash
 from sam_core.wire.npy import decode_npy
 from sam_core.wire.pixels import array_to_rgb
 from sam_core.wire.url_fetch import fetch_url_bytes
@@ -28,6 +29,7 @@ from sam_core.wire.url_fetch import fetch_url_bytes
 __all__ = [
     "EncodedImage",
     "LoadedImage",
+    "check_encoder_input",
     "decode_base64_image",
     "decode_image",
     "decode_image_bytes",
@@ -229,6 +231,20 @@ def encoder_input(encoded: EncodedImage, limits: ImageLimits) -> EncoderInput:
     return EncoderInput(
         pixels=resize_to_input_frame(image.pixels), original_size=image.size, content_id=encoded.content_id
     )
+
+
+def check_encoder_input(image: EncoderInput, limits: ImageLimits, *, field: str = "pixels") -> EncoderInput:
+    """An `EncoderInput` a handle caller prepared itself (`sam-serve warm`'s workers): a `sha256:` content id,
+    an original size within `limits`, and (h, w, 3) uint8 pixels in that size's input frame; InvalidInput otherwise."""
+    pixels, content_id = image.pixels, image.content_id
+    if not is_content_hash(content_id):
+        raise InvalidInput("must be the sha256: hash of the image file's bytes", field=f"{field}.content_id")
+    check_image_size(tuple(image.original_size), limits, field=f"{field}.original_size")  # type: ignore[arg-type]
+    frame = preprocess_shape(image.original_size)
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.shape != (*frame, 3):
+        got = f"{pixels.dtype} {pixels.shape}" if isinstance(pixels, np.ndarray) else type(pixels).__name__
+        raise InvalidInput(f"must be uint8 RGB of shape {(*frame, 3)} (the input frame), got {got}", field=field)
+    return image
 
 
 def load_image(kind: str, value: object, limits: ImageLimits, *, field: str = "image") -> LoadedImage:

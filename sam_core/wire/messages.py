@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from sam_core.embedding import ImageEmbedding
+from sam_core.embedding import EncoderInput, ImageEmbedding
 from sam_core.wire.schemas import EmbedImageResponse
 
 
@@ -65,6 +65,24 @@ class EmbedResult:
     embedding: np.ndarray
     """The float32 (1, 256, 64, 64) embedding, as the cache holds it."""
     npy: bytes | None = None
+
+
+@dataclass(frozen=True)
+class WarmImage:
+    """An image `sam-serve warm`'s Ray Data workers decoded and resized themselves, for the ingress's `warm`: the
+    CPU work of a new image done on the job's nodes, not on the ingress's one image thread.
+
+    `pixels.content_id` is the `sha256:` hash of the file's bytes, which keys it as `embed` would key those bytes.
+    The ingress checks the frame, not that the pixels are those bytes' (that is the decode it is spared): a handle
+    is the cluster's own, and whoever can call one can write to the cache directly.
+
+    Attributes:
+        pixels: the image in the encoder's input frame, with its original size and content id.
+        model: the served model to warm for (its id or type); None for the default.
+    """
+
+    pixels: EncoderInput
+    model: str | None = None
 
 
 @dataclass(frozen=True)

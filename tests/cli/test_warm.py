@@ -4,6 +4,7 @@ skipping what is cached (a rerun resumes), reporting bad files; afterwards a fir
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
 import re
@@ -99,6 +100,40 @@ def test_warm_embeds_once_resumes_and_reports_bad_files(serve_app: ServeApp, tmp
     assert "decode" in stages
     assert "encoder" not in stages
     assert encoder_stats()["images_embedded"] - before == 6
+
+
+@pytest.mark.slow
+def test_pixels_the_workers_prepare_embed_as_the_ingress_own_decode_does(serve_app: ServeApp, tmp_path: Path) -> None:
+    from sam_core.errors import InvalidInput
+    from sam_core.wire.images import encoded_file, encoder_input
+    from sam_core.wire.messages import WarmImage
+    from sam_core.wire.schemas import EmbedImageRequest, ImagePayload
+
+    (image,) = write_images(tmp_path, 1, seed=int.from_bytes(os.urandom(4), "little"))
+    data = image.read_bytes()
+    limits = serve_app.handle.image_limits.remote().result()
+    assert limits == serve_app.settings.images
+    prepared = encoder_input(encoded_file(data, "image"), limits)
+    assert serve_app.handle.warm_cached.remote([prepared.content_id]).result() == [False]
+    assert serve_app.handle.warm.remote(WarmImage(prepared)).result().cached is False
+    assert serve_app.handle.warm_cached.remote([prepared.content_id]).result() == [True]
+
+    payload = ImagePayload(type="base64", value=base64.b64encode(data).decode())
+    warmed = serve_app.handle.embed.remote(EmbedImageRequest(image=payload)).result()
+    assert warmed.response.cached
+    assert warmed.response.image_id == prepared.content_id
+    # The same bytes under an id of the caller's own: decoded by the ingress and embedded anew.
+    own = serve_app.handle.embed.remote(EmbedImageRequest(image=payload, image_id=f"own-{image.name}")).result()
+    assert not own.response.cached
+    np.testing.assert_array_equal(warmed.embedding, own.embedding)
+
+    with pytest.raises(InvalidInput, match="sha256") as caught:
+        serve_app.handle.warm_cached.remote([prepared.content_id, "my-image"]).result()
+    assert caught.value.field == "content_ids[1]"
+    wrong_frame = WarmImage(dataclasses.replace(prepared, original_size=(prepared.original_size[1], 7)))
+    with pytest.raises(InvalidInput, match="input frame") as caught:
+        serve_app.handle.warm.remote(wrong_frame).result()
+    assert caught.value.field == "pixels"
 
 
 @pytest.mark.slow

@@ -67,18 +67,29 @@ class Cluster:
             time.sleep(0.5)
         return time.monotonic() - started
 
-    def encoder_runs(self) -> float:
-        """Encoder forward passes on the encoder node: the count of its batch-size histogram
-        (`sam_encoder_batch_size`, Prometheus text from the node's Ray metrics endpoint; the exported `_sum` is
-        not exact here)."""
+    def encoder_metric(self, name: str) -> float:
+        """A metric of the encoder node summed over its labels (Prometheus text from the node's Ray metrics
+        endpoint; a line starting with `name`, so `..._bucket{le="1.0"` picks one bucket)."""
         with urllib.request.urlopen(self.node("encoder")["metrics"], timeout=5) as answer:
             text = answer.read().decode()
-        values = [
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("ray_sam_encoder_batch_size_count")
-        ]
-        return sum(values)
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    def encoder_runs(self) -> float:
+        """Encoder forward passes on the encoder node: the count of its batch-size histogram
+        (`sam_encoder_batch_size`; the exported `_sum` is not exact here)."""
+        return self.encoder_metric("ray_sam_encoder_batch_size_count")
+
+    def actor_nodes(self, class_name: str) -> set[str]:
+        """The nodes on which actors of `class_name` ran (alive or dead), from the head's state API."""
+        dashboard = self.info["dashboard"]
+        query = f"detail=1&limit=10000&filter_keys=class_name&filter_predicates=%3D&filter_values={class_name}"
+        with urllib.request.urlopen(f"{dashboard}/api/v0/actors?{query}", timeout=10) as answer:
+            actors = json.loads(answer.read())["data"]["result"]["result"]
+        with urllib.request.urlopen(f"{dashboard}/api/v0/nodes?limit=1000", timeout=10) as answer:
+            nodes = json.loads(answer.read())["data"]["result"]["result"]
+        name_of = {node["ip"]: node["name"] for node in self.info["nodes"]}
+        ip_of = {node["node_id"]: node["node_ip"] for node in nodes}
+        return {name_of.get(ip_of.get(actor.get("node_id"), ""), "?") for actor in actors}
 
     def config(self) -> dict[str, Any]:
         """The Serve config `up` deployed."""

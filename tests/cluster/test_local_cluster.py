@@ -4,18 +4,21 @@ decoder autoscaling. The tests share one cluster and run in file order; each lea
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from tests.cluster.conftest import Cluster, answer, click_body, png_base64
 
@@ -132,6 +135,32 @@ def test_one_encoder_run_for_one_image_sent_through_every_node(cluster: Cluster)
     cluster.wait("the encoder's metrics", lambda: cluster.encoder_runs() > before, 20)
     time.sleep(3)  # a second run would show within the metrics' 1 s refresh
     assert cluster.encoder_runs() - before == 1
+
+
+def test_warm_decodes_on_the_cpu_nodes_and_the_encoder_batches(cluster: Cluster, tmp_path: Path) -> None:
+    """`sam-serve warm` run on the head (a driver on the cluster): its Ray Data actors decode and resize on nodes
+    with CPUs to spare, never the encoder's, and the encoder embeds what they send in batches larger than 1."""
+    count = 16
+    for index in range(count):
+        Image.fromarray(RNG.integers(0, 256, (1500, 2250, 3), dtype=np.uint8)).save(tmp_path / f"{index}.jpg")
+    runs, images = cluster.encoder_runs(), cluster.encoder_metric("ray_sam_encoder_images_total")
+    started = time.monotonic()
+    out = cluster.run("exec", "head", "sam-serve", "warm", str(tmp_path), "--no-progress", timeout_s=300)
+    seconds = time.monotonic() - started
+    assert re.search(rf"warmed {count} images in [\d.]+ s .*: {count} embedded, 0 already cached, 0 failed", out), out
+    cluster.wait(
+        "the encoder's metrics", lambda: cluster.encoder_metric("ray_sam_encoder_images_total") >= images + count, 20
+    )
+    batches = cluster.encoder_runs() - runs
+    rate = f"{count / seconds:.2f} images/s, one encoder replica"
+    print(f"warm: {count} images in {seconds:.1f} s ({rate}), {batches:.0f} encoder batches")
+    assert batches < count, "the encoder saw batches larger than 1"
+    workers = cluster.actor_nodes("_MapWorker")
+    assert workers, "the job's actors are listed"
+    assert "encoder" not in workers, workers
+
+    again = cluster.run("exec", "head", "sam-serve", "warm", str(tmp_path), "--no-progress", timeout_s=300)
+    assert f"0 embedded, {count} already cached" in again, again
 
 
 def test_a_decoder_node_killed_under_load(cluster: Cluster, http: httpx.Client) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import http.server
 import io
@@ -30,10 +31,13 @@ from sam_core.settings import ImageLimits
 from sam_core.wire.image_checks import check_image_size
 from sam_core.wire.images import (
     LoadedImage,
+    check_encoder_input,
     decode_base64_image,
     decode_image,
     decode_image_bytes,
     decode_numpy_payload,
+    encoded_file,
+    encoder_input,
     fetch_image_url,
     load_image,
     read_image,
@@ -843,3 +847,27 @@ def test_check_image_size_refuses_sizes_outside_the_limits(size: tuple[int, int]
     with pytest.raises(error) as raised:
         check_image_size(size, limits(), field="orig_im_size")
     assert getattr(raised.value, "field", None) == "orig_im_size"
+
+
+# ---- encoder inputs a handle caller prepared (sam-serve warm's workers) --------------------------------------
+
+
+def test_an_encoder_input_prepared_elsewhere_is_held_to_its_frame_and_id() -> None:
+    prepared = encoder_input(encoded_file(encode(Image.fromarray(random_rgb(300, 500, 1)), "PNG"), "image"), limits())
+    assert prepared.pixels.shape == (614, 1024, 3)
+    assert check_encoder_input(prepared, limits()) is prepared
+
+    def refused(field: str, **changes: Any) -> None:
+        with pytest.raises((InvalidInput, ImageTooLarge)) as caught:
+            check_encoder_input(dataclasses.replace(prepared, **changes), limits(max_pixels=1_000_000))
+        assert caught.value.field == field
+
+    refused("pixels.content_id", content_id="")
+    refused("pixels.content_id", content_id="sha256:" + "G" * 64)
+    refused("pixels.content_id", content_id=prepared.content_id + "0")
+    refused("pixels.original_size", original_size=(0, 500))
+    refused("pixels.original_size", original_size=(2000, 1000))  # over max_pixels
+    refused("pixels", original_size=(500, 300))  # the frame of another size
+    refused("pixels", pixels=prepared.pixels.astype(np.float32))
+    refused("pixels", pixels=prepared.pixels[:, :, :2])
+    refused("pixels", pixels=prepared.pixels.tolist())

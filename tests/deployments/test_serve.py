@@ -248,3 +248,23 @@ def test_the_click_path_writes_no_access_log_line_per_request(serve_app: ServeAp
         time.sleep(0.2)
     assert access_lines("SamIngress", "POST /sam/segment_image") == 0
     assert access_lines("SamDecoder", "CALL segment") == 0
+
+
+def test_images_arriving_one_by_one_during_a_pass_make_one_batch(serve_app: ServeApp) -> None:
+    """Serve forms a batch as soon as its first call has waited `batch_wait_timeout_s`, even while a pass runs; the
+    encoder holds calls that arrive during a pass and lets them in together, so a trickle of images (what
+    `sam-serve warm`'s workers send, one as each is decoded) is embedded in batches, not one pass each."""
+    encoder = serve.get_deployment_handle("SamEncoder", app_name=APP_NAME)
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    images = [rng.integers(0, 256, (683, 1024, 3), dtype=np.uint8) for _ in range(6)]
+    encoder.embed.remote(images[0], None).result()
+    before = encoder.stats.remote().result()
+    responses = []
+    for pixels in images:
+        responses.append(encoder.embed.remote(pixels, None))
+        time.sleep(0.03)  # a vit_tiny pass here takes 100-250 ms
+    embeddings = [response.result() for response in responses]
+    after = encoder.stats.remote().result()
+    assert after["images_embedded"] - before["images_embedded"] == 6
+    assert after["batches"] - before["batches"] <= 3, {k: after[k] - before.get(k, 0) for k in after}
+    assert all(e.original_size == (683, 1024) for e in embeddings)
