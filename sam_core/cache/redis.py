@@ -22,8 +22,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sam_core.cache.base import EmbeddingCache, FlightClaim
+from sam_core.cache.breaker import Breaker
 from sam_core.cache.codec import CONTENT_OFFSET, HEADER_BYTES, content_digest
 from sam_core.cache.keys import KIND_EMBEDDING, cache_key, flight_key
 from sam_core.errors import CacheUnavailable, ConfigurationError
@@ -90,7 +92,8 @@ class RedisEmbeddingCache(EmbeddingCache):
 
     Redis is expected to run with a `maxmemory` and an LRU policy, so writes evict old entries instead of
     failing. Every Redis or socket error, and any operation exceeding `2 * timeout_s`, is raised as
-    `CacheUnavailable`; the connection pool reconnects on its own once Redis is back.
+    `CacheUnavailable`; the connection pool reconnects on its own once Redis is back. After a timeout, calls
+    fail at once until Redis answers a ping (`sam_core.cache.breaker`).
 
     redis.asyncio clients are bound to the event loop that created their connections, so the client is
     created lazily inside the running loop and recreated if a later call runs in a different loop.
@@ -120,6 +123,7 @@ class RedisEmbeddingCache(EmbeddingCache):
         self._health_check_interval_s = health_check_interval_s
         self._client: redis_asyncio.Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._breaker = Breaker(lambda: self._client_for_running_loop().ping(), deadline_s=self._deadline_s)
 
     def _new_client(self) -> redis_asyncio.Redis:
         # A blocking pool makes a burst wait for a free connection instead of failing "Too many connections".
@@ -148,10 +152,13 @@ class RedisEmbeddingCache(EmbeddingCache):
         return self._client
 
     async def _call(self, op: str, command: Callable[[redis_asyncio.Redis], Awaitable[T]]) -> T:
+        self._breaker.check(op)  # Redis timed out before: fail at once until it answers a ping
         client = self._client_for_running_loop()
         try:
             return await asyncio.wait_for(command(client), self._deadline_s)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, (asyncio.TimeoutError, RedisTimeoutError)):
+                self._breaker.trip()
             raise CacheUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
 
     async def _fetch(self, keys: Sequence[str]) -> list[bytes | None]:

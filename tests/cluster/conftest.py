@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,7 +83,8 @@ class Cluster:
     def actor_nodes(self, class_name: str) -> set[str]:
         """The nodes on which actors of `class_name` ran (alive or dead), from the head's state API."""
         dashboard = self.info["dashboard"]
-        query = f"detail=1&limit=10000&filter_keys=class_name&filter_predicates=%3D&filter_values={class_name}"
+        name = urllib.parse.quote(class_name)
+        query = f"detail=1&limit=10000&filter_keys=class_name&filter_predicates=%3D&filter_values={name}"
         with urllib.request.urlopen(f"{dashboard}/api/v0/actors?{query}", timeout=10) as answer:
             actors = json.loads(answer.read())["data"]["result"]["result"]
         with urllib.request.urlopen(f"{dashboard}/api/v0/nodes?limit=1000", timeout=10) as answer:

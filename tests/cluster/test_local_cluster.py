@@ -155,7 +155,7 @@ def test_warm_decodes_on_the_cpu_nodes_and_the_encoder_batches(cluster: Cluster,
     rate = f"{count / seconds:.2f} images/s, one encoder replica"
     print(f"warm: {count} images in {seconds:.1f} s ({rate}), {batches:.0f} encoder batches")
     assert batches < count, "the encoder saw batches larger than 1"
-    workers = cluster.actor_nodes("_MapWorker")
+    workers = cluster.actor_nodes("MapWorker(MapBatches(WarmImages))")
     assert workers, "the job's actors are listed"
     assert "encoder" not in workers, workers
 
@@ -211,8 +211,9 @@ def test_the_encoder_node_killed(cluster: Cluster, http: httpx.Client) -> None:
 
 
 def test_the_redis_host_cut_off_for_10_s(cluster: Cluster, http: httpx.Client) -> None:
-    """Nothing waits on the cut Redis past its timeout; images sent are still answered; after heal the cached
-    answers are the same, and an image sent during the cut is never answered for another."""
+    """Nothing waits on the cut Redis past its timeout, and after the first timeout nothing waits on it at all
+    (the cache's breaker); images sent are still answered; after heal the cached answers are the same, and an
+    image sent during the cut is never answered for another."""
     image_id, image, reference = new_image(http)
     other_id, other_image = f"cut-{uuid.uuid4()}", png_base64(RNG)
     timeout_s = cluster.config()["applications"][0]["args"]["cache_timeout_s"]
@@ -228,10 +229,14 @@ def test_the_redis_host_cut_off_for_10_s(cluster: Cluster, http: httpx.Client) -
         response = http.post("/sam/segment_image", json=click_body(other_id, image=sent))
         with_image.append((time.monotonic() - started, response.status_code))
     cluster.run("heal", "redis")
-    print(f"redis cut: by id {[(round(s, 2), c) for s, c, _ in by_id][:6]}; with image {with_image[:6]}")
+    seen = [(round(s, 2), c) for s, c, _ in by_id], [(round(s, 2), c) for s, c in with_image]
+    print(f"redis cut: by id {seen[0]}; with image {seen[1]}")
     assert all(code == 503 and error == "CacheUnavailable" for _, code, error in by_id)
     assert max(seconds for seconds, *_ in by_id) < 2 * timeout_s + 0.5
+    # The first timeout opened each process's breaker: later calls fail at once, not after a deadline each.
+    assert max(seconds for seconds, *_ in by_id[1:]) < 0.25
     assert all(code == 200 for _, code in with_image)
+    assert sorted(seconds for seconds, _ in with_image)[len(with_image) // 2] < 2 * timeout_s
     cluster.wait(
         "answers by id", lambda: http.post("/sam/segment_image", json=click_body(image_id)).status_code == 200, 10
     )
@@ -260,7 +265,8 @@ def test_a_rolling_update_under_4_clients_fails_nothing(cluster: Cluster, http: 
     with load(cluster.url, 4, clicker(sessions)) as results:
         time.sleep(2)
         cluster.run("deploy", changed)
-        cluster.wait("three decoders", lambda: sum(map(len, cluster.replicas("SamDecoder").values())) == 3, 60)
+        # At least 3: under 4 clients the autoscaler may already have gone to its max of 4.
+        cluster.wait("three decoders", lambda: sum(map(len, cluster.replicas("SamDecoder").values())) >= 3, 60)
         time.sleep(2)
     assert len(results) > 20
     assert [r for r in results if r[2] != 200 or not r[4]] == []
