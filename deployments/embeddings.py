@@ -176,9 +176,8 @@ class Embeddings:
         for index, content_id in enumerate(content_ids):
             if not is_content_hash(content_id):
                 raise InvalidInput("must be the sha256: hash of an image's bytes", field=f"content_ids[{index}]")
-        keys = [image_keys(tenant, None, content_id).cache_key for content_id in content_ids]
         found = await asyncio.gather(
-            *(self.cache.has_embedding(model_id, key, cid) for key, cid in zip(keys, content_ids, strict=True))
+            *(self.cache.has_embedding(model_id, image_keys(tenant, None, cid).cache_key, cid) for cid in content_ids)
         )
         return list(found)
 

@@ -80,8 +80,7 @@ def is_content_id(image_id: str | None) -> bool:
 
 def is_content_hash(value: object) -> bool:
     """Whether `value` is a well-formed content id: `sha256:` and 64 lowercase hex digits."""
-    digest = value.removeprefix(CONTENT_ID_PREFIX) if isinstance(value, str) else ""
-    return len(digest) == 64 == len(str(value)) - len(CONTENT_ID_PREFIX) and set(digest) <= set("0123456789abcdef")
+    return isinstance(value, str) and re.fullmatch(f"{CONTENT_ID_PREFIX}[0-9a-f]{{64}}", value) is not None
 
 
 @dataclass(frozen=True)
