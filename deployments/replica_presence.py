@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ray import serve
 
@@ -26,27 +26,46 @@ POLL_S = 1.0
 SERVING_STATES = ("RUNNING", "UPDATING")
 
 
-def running_replicas(app: str, deployment: str) -> int:
-    """The deployment's replicas that serve, from the controller (a blocking call: run it off the loop)."""
-    states = serve.status().applications[app].deployments[deployment].replica_states
-    return sum(int(count) for state, count in states.items() if state in SERVING_STATES)
+class Presence(NamedTuple):
+    serving: int
+    """Replicas that serve requests."""
+    deploying: bool
+    """The controller is bringing the deployment up (status UPDATING: just deployed, or a new version); a replica
+    lost after it ran makes it UNHEALTHY instead."""
+
+
+def presence(app: str, deployment: str) -> Presence:
+    """The deployment's presence, from the controller (a blocking call: run it off the loop)."""
+    status = serve.status().applications[app].deployments[deployment]
+    serving = sum(int(count) for state, count in status.replica_states.items() if state in SERVING_STATES)
+    return Presence(serving, status.status == "UPDATING")
 
 
 class ReplicaPresence:
     """Polls `count()` every `poll_s` seconds from the first use on; `running` is None until an answer (or after
-    a failed poll): unknown never refuses a request."""
+    a failed poll): unknown never refuses a request.
 
-    def __init__(self, count: Callable[[], int], poll_s: float = POLL_S) -> None:
+    None serving is "gone" unless the deployment is being deployed: a replica still starting (the app just
+    deployed, its first replica loading its model) is coming, and a call waits for it as Serve's router would have
+    it; after a replica ran and was lost the deployment is UNHEALTHY, its replacement may never start (a lost GPU
+    node), and calls are refused. Once this process has seen one serving, none serving is "gone" whatever the
+    status says.
+    """
+
+    def __init__(self, count: Callable[[], Presence], poll_s: float = POLL_S) -> None:
         self.count = count
         self.poll_s = poll_s
         self.running: int | None = None
+        self.served = False
+        """A replica has been seen serving since the first use."""
+        self.deploying = False
         self._gone: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def of(cls, deployment: str) -> ReplicaPresence:
         app = serve.get_replica_context().app_name
-        return cls(lambda: running_replicas(app, deployment))
+        return cls(lambda: presence(app, deployment))
 
     def _start(self) -> asyncio.Event:
         if self._gone is None:
@@ -58,11 +77,12 @@ class ReplicaPresence:
         gone = self._start()
         while True:
             try:
-                self.running = await asyncio.to_thread(self.count)
+                self.running, self.deploying = await asyncio.to_thread(self.count)
             except Exception as exc:  # noqa: BLE001 - a controller that does not answer: unknown, not absent
                 log.debug("replica presence unknown: %s", exc)
                 self.running = None
-            if self.running == 0:
+            self.served = self.served or bool(self.running)
+            if self.running == 0 and (self.served or not self.deploying):
                 gone.set()
             else:
                 gone.clear()
