@@ -122,6 +122,58 @@ def decoder_options(bench: Bench, report: Report, clicks: int) -> None:
         report.add(Row(name, ms(p50["fp32"]), ms(p50[reference]), p50["fp32"] / p50[reference]))
 
 
+def low_res_graph(bench: Bench, report: Report, clicks: int) -> None:
+    """The decoder as it runs (the low-res graph, the masks returned upscaled with OpenCV) against the full graph
+    with SAM's upscaling inside (what it ran before), on a 1500x2250 image: single and multimask, 1 and 2 threads,
+    alternated click by click; and how many mask pixels differ."""
+    from sam_core.model.decoder import OnnxDecoder, make_session
+    from sam_core.model.encoder import ImageEncoder
+    from sam_core.model.prompts import build_prompt, onnx_prompt_inputs
+
+    print(f"[l] decoder low-res graph vs full graph: {clicks} clicks each, alternated", flush=True)
+    model = bench.load("vit_tiny")
+    embedding = ImageEncoder(model.sam).embed(sample_image())
+    rng = np.random.default_rng(1)
+    for threads in (1, 2):
+        decoder = OnnxDecoder.for_model(model.sam, model.identity, bench.work / "cache", threads=threads)
+        for multimask in (False, True):
+            full = make_session(decoder.paths[multimask, False], threads=threads)
+            times: dict[str, list[float]] = {"low": [], "full": []}
+            differing = 0
+            for _ in range(clicks):
+                point = [[float(rng.uniform(0, harness.WIDTH)), float(rng.uniform(0, harness.HEIGHT))]]
+                prompt = build_prompt(point, [1], embedding.original_size)
+                coords, labels = onnx_prompt_inputs(prompt, embedding.original_size)
+                feeds = {
+                    "image_embeddings": embedding.embedding,
+                    "point_coords": coords,
+                    "point_labels": labels,
+                    "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+                    "has_mask_input": np.zeros(1, np.float32),
+                    "orig_im_size": np.array(embedding.original_size, np.float32),
+                }
+                started = time.perf_counter()
+                out = decoder.decode(embedding, prompt, multimask=multimask)
+                masks = out.masks
+                times["low"].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                reference = full.run(None, feeds)[0][0]
+                reference = (reference[1:] if multimask else reference) > 0
+                times["full"].append(time.perf_counter() - started)
+                differing += int((masks != reference).sum())
+            low, whole = median(times["low"]), median(times["full"])
+            kind = "multimask" if multimask else "single-mask"
+            report.add(
+                Row(
+                    f"decoder {kind}, {threads} thread(s), 1500x2250: low-res graph + upscale outside vs full graph",
+                    ms(low),
+                    ms(whole),
+                    low / whole,
+                    notes=[f"mask pixels differing over {clicks} clicks: {differing} of {masks.size * clicks:,}"],
+                )
+            )
+
+
 def encoder_batching(bench: Bench, report: Report, model_type: str, batch: int, repeats: int) -> None:
     import torch
     from segment_anything import SamPredictor

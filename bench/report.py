@@ -27,7 +27,8 @@ then measures, alternating each measurement with its reference where both are ti
  16. the labelling page: click-to-overlay in Chromium, decoded in the page vs by the server;
  17. Label Studio: a second annotator's first click on an embedded image vs the first's, and 4 annotators' clicks/s;
  18. warm-up: `sam-serve warm` over a folder vs embedding one image at a time, the rerun, the batch sizes seen;
- 19. several models: clicks alternating two served models vs one; a vit_b model switch (encoder, decoder), RSS.
+ 19. several models: clicks alternating two served models vs one; a vit_b model switch (encoder, decoder), RSS;
+ 20. the decoder's low-res graph with the returned masks upscaled outside ONNX vs the full graph (lowres).
 
 Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~15 min here; --quick ~4 min)
 """
@@ -54,7 +55,7 @@ from flight import single_flight
 from harness import Bench, Report, redis_server
 from labelstudio import labelstudio_clicks
 from memory import memory
-from model_runs import cold_request, decoder_options, encoder_batching, encodings
+from model_runs import cold_request, decoder_options, encoder_batching, encodings, low_res_graph
 from models import several_models
 from page import page_clicks
 from prompts import many_boxes
@@ -75,7 +76,7 @@ def main() -> None:
         "--only",
         type=lambda text: set(text.split(",")),
         help="comma-separated sections: latency,throughput,session,redis,cold,decoder,encoder,encodings,prompts,"
-        "everything,flight,routing,memory,niceness,access_log,spinning,page,labelstudio,warm,models",
+        "everything,flight,routing,memory,niceness,access_log,spinning,page,labelstudio,warm,models,lowres",
     )
     args = parser.parse_args()
 
@@ -105,6 +106,7 @@ def main() -> None:
                 ("redis", lambda: redis_bytes(bench, report)),
                 ("cold", lambda: cold_request(bench, report, "vit_tiny", repeats=5)),
                 ("decoder", lambda: decoder_options(bench, report, clicks=20)),
+                ("lowres", lambda: low_res_graph(bench, report, clicks=30)),
                 ("encoder", lambda: encoder_batching(bench, report, "vit_tiny", batch=4, repeats=3)),
                 ("cold", lambda: None if args.quick else cold_request(bench, report, "vit_b", repeats=2)),
                 (

@@ -142,10 +142,10 @@ class SamDecoder:
         _, model = await self.models.current()
         return model.clicks.identity
 
-    async def graph(self, multimask: bool) -> DecoderGraph:
-        """The exported decoder file, for clients that decode clicks themselves (`GET /sam/decoder.onnx`)."""
+    async def graph(self, multimask: bool, low_res: bool = False) -> DecoderGraph:
+        """An exported decoder file, for clients that decode clicks themselves (`GET /sam/decoder.onnx`)."""
         _, model = await self.models.current()
-        return await asyncio.to_thread(model.clicks.graph, multimask=multimask)
+        return await asyncio.to_thread(model.clicks.graph, multimask=multimask, low_res=low_res)
 
     async def stats(self) -> dict[str, int | str]:
         """This replica's id, its local copies (count and bytes) and its resident memory."""

@@ -69,7 +69,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     # pydantic appends union-member tags ("int", "float", ...) to a location; a field path has only names
     # and list indices.
     reason = str(first.get("msg", "invalid value"))
-    if first.get("type") == "extra_forbidden":
+    if location[:1] == ["query"]:  # a query parameter: its name is the field
+        field = ".".join(location[1:]) or None
+    elif first.get("type") == "extra_forbidden":
         field = ".".join(location) or None
         reason = "unknown field (check its spelling)"
     else:

@@ -119,12 +119,18 @@ def sam_router(ingress: IngressCalls) -> APIRouter:
         },
     )
     async def decoder_file(
-        request: Request, multimask: bool = False, model: str | None = Query(None, pattern=MODEL_ID_PATTERN)
+        request: Request,
+        multimask: bool = False,
+        low_res: bool = False,
+        model: str | None = Query(None, pattern=MODEL_ID_PATTERN),
     ) -> Response:
         """A served model's decoder graph (ONNX), to decode clicks in the client on embeddings from
         `/sam/embed_image` (binary); `multimask`: the three-mask graph (its masks 1-3 are SamPredictor's);
+        `low_res`: the graph the service runs, with scores and 256x256 logits only (upscale them as the service
+        does to get its answer: bilinear to 1024x1024, crop the padding, bilinear to the image's size);
         `model`: the served model's id (unset: the default)."""
-        return await ingress.decoder_files.response(request, ingress.routing.named(model), multimask=multimask)
+        named = ingress.routing.named(model)
+        return await ingress.decoder_files.response(request, named, multimask=multimask, low_res=low_res)
 
     @router.get(MODELS_ROUTE, response_model=ServedModelsResponse, responses=ERROR_RESPONSES)
     async def served_models() -> ServedModelsResponse:

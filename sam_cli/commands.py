@@ -41,22 +41,13 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_export_decoder(args: argparse.Namespace) -> int:
-    from sam_core.model.decoder_export import ensure_decoder_file
+    from sam_core.model.decoder_export import ensure_decoder_files
     from sam_core.services.configured import load_configured_model
 
     settings = settings_from(args)
     model = load_configured_model(settings, device="cpu")
-    paths = [
-        ensure_decoder_file(
-            model.sam,
-            model.identity,
-            settings.cache_dir,
-            multimask=multimask,
-            quantized=settings.decoder_quantize,
-        )
-        for multimask in (False, True)
-    ]
-    print(json.dumps({"model_id": model.identity.model_id, "decoders": [str(p) for p in paths]}))
+    files = ensure_decoder_files(model.sam, model.identity, settings.cache_dir, quantized=settings.decoder_quantize)
+    print(json.dumps({"model_id": model.identity.model_id, "decoders": [str(p) for p in files.values()]}))
     return 0
 
 

@@ -3,7 +3,10 @@
 Exported files are cached by model identity, so replicas of the same model share one export. Two variants:
 the single-mask model (SAM's demo behaviour: with one click or a box alone, the best of the three ambiguity-
 aware masks; with more prompt rows, the single-output token) and the multi-mask model (three masks with their
-predicted IoU, as `SamPredictor.predict(multimask_output=True)`).
+predicted IoU, as `SamPredictor.predict(multimask_output=True)`). The graphs run are the low-res ones: only the
+masks returned are upscaled, here (`upscale_logits`). Clients download either kind: the low-res graph answers a
+click as the service does when its logits are upscaled as `upscale_logits` does (the labelling page); the full
+graph (SAM's upscaling inside ONNX) differs from it in a handful of pixels of millions.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import numpy as np
 
 from sam_core.embedding import ImageEmbedding
 from sam_core.errors import ConfigurationError, InvalidInput
-from sam_core.frames import EMBEDDING_SHAPE, MASK_INPUT_SHAPE
-from sam_core.model.decoder_export import ensure_decoder_file
+from sam_core.frames import EMBEDDING_SHAPE, INPUT_SIZE, MASK_INPUT_SHAPE, preprocess_shape
+from sam_core.model.decoder_export import ensure_decoder_files
 from sam_core.model.prompts import Prompt, onnx_prompt_inputs
 
 if TYPE_CHECKING:
@@ -96,22 +99,41 @@ def make_session(
     return onnxruntime.InferenceSession(str(path), sess_options=options, providers=chosen)
 
 
+def upscale_logits(low_res: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+    """(M, 256, 256) low-res logits to (M, H, W) logits in original-image pixels, as `Sam.postprocess_masks` does:
+    bilinear to the padded 1024 frame, the padding cropped, bilinear to the original size (OpenCV's INTER_LINEAR
+    is torch's bilinear without corner alignment; a handful of pixels of millions differ in sign, tested)."""
+    import cv2
+
+    height, width = original_size
+    input_h, input_w = preprocess_shape(original_size)
+    out = np.empty((low_res.shape[0], height, width), dtype=np.float32)
+    for index, logits in enumerate(low_res):
+        padded = cv2.resize(
+            np.asarray(logits, dtype=np.float32), (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR
+        )
+        cv2.resize(padded[:input_h, :input_w], (width, height), dst=out[index], interpolation=cv2.INTER_LINEAR)
+    return out
+
+
 class OnnxDecoder:
     """Runs prompts against cached embeddings with the exported single- and multi-mask decoders."""
 
     def __init__(
         self,
-        single_mask_path: Path,
-        multimask_path: Path,
+        files: dict[tuple[bool, bool], Path],
         *,
         threads: int = 0,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         spinning: bool = True,
     ) -> None:
-        self.single = make_session(single_mask_path, threads=threads, providers=providers, spinning=spinning)
-        self.multi = make_session(multimask_path, threads=threads, providers=providers, spinning=spinning)
-        self.paths = {False: single_mask_path, True: multimask_path}
-        """The exported files, by `multimask`."""
+        """`files`: the exported graphs by (multimask, low_res) (`decoder_export.ensure_decoder_files`)."""
+        options = {"threads": threads, "providers": providers, "spinning": spinning}
+        self.single = make_session(files[False, True], **options)  # type: ignore[arg-type]
+        self.multi = make_session(files[True, True], **options)  # type: ignore[arg-type]
+        self.paths = dict(files)
+        """Every exported file, by (multimask, low_res): the low-res graphs run here, and each is a file clients
+        may download (`GET /sam/decoder.onnx`)."""
 
     @classmethod
     def for_model(
@@ -126,9 +148,8 @@ class OnnxDecoder:
         spinning: bool = True,
     ) -> OnnxDecoder:
         """Export (or find) both decoder variants for this model and open them."""
-        single = ensure_decoder_file(sam, identity, cache_dir, multimask=False, quantized=quantized)
-        multi = ensure_decoder_file(sam, identity, cache_dir, multimask=True, quantized=quantized)
-        return cls(single, multi, threads=threads, providers=providers, spinning=spinning)
+        files = ensure_decoder_files(sam, identity, cache_dir, quantized=quantized)
+        return cls(files, threads=threads, providers=providers, spinning=spinning)
 
     def decode(
         self,
@@ -183,7 +204,7 @@ class OnnxDecoder:
         multimask: bool,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         session = self.multi if multimask else self.single
-        masks, iou, low_res = session.run(
+        iou, low_res = session.run(
             None,
             {
                 "image_embeddings": np.ascontiguousarray(embedding.embedding, dtype=np.float32),
@@ -191,11 +212,11 @@ class OnnxDecoder:
                 "point_labels": point_labels,
                 "mask_input": mask,
                 "has_mask_input": has_mask,
-                "orig_im_size": np.array(embedding.original_size, dtype=np.float32),
             },
         )
         if multimask:
             # The multi-mask graph returns all four mask tokens; token 0 is the single-output one, and
             # SamPredictor's multimask output (what clients expect) is tokens 1-3.
-            masks, iou, low_res = masks[:, 1:], iou[:, 1:], low_res[:, 1:]
+            iou, low_res = iou[:, 1:], low_res[:, 1:]
+        masks = upscale_logits(low_res[0], embedding.original_size)[None]
         return masks, iou, low_res

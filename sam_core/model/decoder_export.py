@@ -1,5 +1,10 @@
 """The decoder's ONNX files: SAM's prompt encoder + mask decoder exported (single- and multi-mask graphs),
-optionally quantized, and cached by model identity so that replicas of the same model share one export."""
+optionally quantized, and cached by model identity so that replicas of the same model share one export.
+
+Two kinds of each: the low-res graphs the server decodes with (scores and 256x256 logits only: the masks to
+return are upscaled outside ONNX, `sam_core.frames.upscale_logits`, so a multimask graph no longer upscales a
+fourth mask that is thrown away), and the full graphs with SAM's upscaling inside, which `GET /sam/decoder.onnx`
+serves to clients that decode clicks themselves (the labelling page)."""
 
 from __future__ import annotations
 
@@ -23,16 +28,44 @@ ONNX_OPSET = 17
 EXPORT_VERSION = 2
 """Bumped when the exported graph changes, so stale cached files are not reused."""
 
-ONNX_OPSET = 17
-EXPORT_VERSION = 2
-"""Bumped when the exported graph changes, so stale cached files are not reused."""
 
-
-def decoder_filename(identity: ModelIdentity, *, multimask: bool, quantized: bool) -> str:
+def decoder_filename(identity: ModelIdentity, *, multimask: bool, quantized: bool, low_res: bool = False) -> str:
     """File name of an exported decoder: model id, variant, precision and opset."""
-    variant = "multi" if multimask else "single"
+    variant = ("multi" if multimask else "single") + ("-lowres" if low_res else "")
     precision = "int8" if quantized else "fp32"
     return f"decoder-{identity.model_id}-{variant}-{precision}-op{ONNX_OPSET}-v{EXPORT_VERSION}.onnx"
+
+
+DECODER_VARIANTS = ((False, True), (True, True), (False, False), (True, False))
+"""(multimask, low_res) of every file a model's decoders need: the low-res graphs they run, the full ones served."""
+
+
+def _low_res_module(sam: Sam, *, multimask: bool) -> torch.nn.Module:
+    """SamOnnxModel without its mask postprocessing: (scores, low-res logits) from the prompt encoder and mask
+    decoder, as `SamPredictor.predict_torch` has them before `postprocess_masks` (no `orig_im_size` input)."""
+    from segment_anything.utils.onnx import SamOnnxModel
+
+    class LowResSamOnnxModel(SamOnnxModel):
+        def forward(
+            self,
+            image_embeddings: torch.Tensor,
+            point_coords: torch.Tensor,
+            point_labels: torch.Tensor,
+            mask_input: torch.Tensor,
+            has_mask_input: torch.Tensor,
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            masks, scores = self.model.mask_decoder.predict_masks(
+                image_embeddings=image_embeddings,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=self._embed_points(point_coords, point_labels),
+                dense_prompt_embeddings=self._embed_masks(mask_input, has_mask_input),
+            )
+            if self.return_single_mask:
+                masks, scores = self.select_masks(masks, scores, point_coords.shape[1])
+            return scores, masks
+
+    module: torch.nn.Module = LowResSamOnnxModel(sam.cpu().eval(), return_single_mask=not multimask)
+    return module
 
 
 def _onnx_module(sam: Sam, *, multimask: bool) -> torch.nn.Module:
@@ -65,15 +98,15 @@ def _onnx_module(sam: Sam, *, multimask: bool) -> torch.nn.Module:
     return module
 
 
-def export_decoder(sam: Sam, path: Path, *, multimask: bool) -> Path:
-    """Export SAM's prompt encoder + mask decoder + upscaling to ONNX at `path` (atomically).
+def export_decoder(sam: Sam, path: Path, *, multimask: bool, low_res: bool = False) -> Path:
+    """Export SAM's prompt encoder + mask decoder (+ upscaling unless `low_res`) to ONNX at `path` (atomically).
 
     The TorchScript exporter is used (`dynamo=False`): torch's dynamo exporter fails on SamOnnxModel's
     data-dependent post-processing. The number of prompt rows is a dynamic axis.
     """
     import torch
 
-    onnx_model = _onnx_module(sam, multimask=multimask)
+    onnx_model = _low_res_module(sam, multimask=multimask) if low_res else _onnx_module(sam, multimask=multimask)
     embed_dim = sam.prompt_encoder.embed_dim
     embed_size = sam.prompt_encoder.image_embedding_size
     low_res_size = [4 * side for side in embed_size]
@@ -86,6 +119,10 @@ def export_decoder(sam: Sam, path: Path, *, multimask: bool) -> Path:
         "has_mask_input": torch.tensor([1.0]),
         "orig_im_size": torch.tensor([1500.0, 2250.0]),
     }
+    outputs = ["masks", "iou_predictions", "low_res_masks"]
+    if low_res:
+        del dummy_inputs["orig_im_size"]
+        outputs = ["iou_predictions", "low_res_masks"]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -98,7 +135,7 @@ def export_decoder(sam: Sam, path: Path, *, multimask: bool) -> Path:
             opset_version=ONNX_OPSET,
             do_constant_folding=True,
             input_names=list(dummy_inputs),
-            output_names=["masks", "iou_predictions", "low_res_masks"],
+            output_names=outputs,
             dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
             dynamo=False,
         )
@@ -125,20 +162,46 @@ def quantize_decoder(source: Path, destination: Path) -> Path:
 
 
 def ensure_decoder_file(
-    sam: Sam | None, identity: ModelIdentity, cache_dir: Path, *, multimask: bool, quantized: bool
+    sam: Sam | None,
+    identity: ModelIdentity,
+    cache_dir: Path,
+    *,
+    multimask: bool,
+    quantized: bool,
+    low_res: bool = False,
 ) -> Path:
     """The exported decoder for this model and variant, exporting it (and quantising) on first use.
 
     `sam` may be None when the file is known to exist already (a replica that never loads torch weights).
     """
-    path = cache_dir / decoder_filename(identity, multimask=multimask, quantized=quantized)
+    path = cache_dir / decoder_filename(identity, multimask=multimask, quantized=quantized, low_res=low_res)
     if path.exists():
         return path
     if sam is None:
         raise ConfigurationError(f"no exported decoder at {path} and no model to export it from")
     if quantized:
-        fp32 = ensure_decoder_file(sam, identity, cache_dir, multimask=multimask, quantized=False)
+        fp32 = ensure_decoder_file(sam, identity, cache_dir, multimask=multimask, quantized=False, low_res=low_res)
         log.info("quantising decoder %s", path.name)
         return quantize_decoder(fp32, path)
     log.info("exporting decoder %s", path.name)
-    return export_decoder(sam, path, multimask=multimask)
+    return export_decoder(sam, path, multimask=multimask, low_res=low_res)
+
+
+def ensure_decoder_files(
+    sam: Sam | None, identity: ModelIdentity, cache_dir: Path, *, quantized: bool
+) -> dict[tuple[bool, bool], Path]:
+    """Every file of `DECODER_VARIANTS`, by (multimask, low_res), exported on first use."""
+    return {
+        (multimask, low_res): ensure_decoder_file(
+            sam, identity, cache_dir, multimask=multimask, quantized=quantized, low_res=low_res
+        )
+        for multimask, low_res in DECODER_VARIANTS
+    }
+
+
+def decoder_files_exist(identity: ModelIdentity, cache_dir: Path, *, quantized: bool) -> bool:
+    """Whether every decoder file of this model is exported already (no torch weights needed to open them)."""
+    return all(
+        (cache_dir / decoder_filename(identity, multimask=m, quantized=quantized, low_res=low)).exists()
+        for m, low in DECODER_VARIANTS
+    )

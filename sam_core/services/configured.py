@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from sam_core.model.build import LoadedModel, ModelIdentity, load_model
 from sam_core.model.checkpoints import resolve_checkpoint
 from sam_core.model.decoder import OnnxDecoder
-from sam_core.model.decoder_export import decoder_filename
+from sam_core.model.decoder_export import decoder_files_exist
 from sam_core.model.encoder import DEFAULT_MAX_BATCH_SIZE, ImageEncoder
 from sam_core.settings import Settings
 
@@ -77,11 +77,7 @@ def open_decoder(settings: Settings, *, threads: int) -> tuple[OnnxDecoder, Mode
     _, sha256 = resolve_configured_checkpoint(settings)
     identity = ModelIdentity(settings.model_type, sha256)
     quantized = settings.decoder_quantize
-    exported = all(
-        (settings.cache_dir / decoder_filename(identity, multimask=m, quantized=quantized)).exists()
-        for m in (False, True)
-    )
     sam = None
-    if not exported:
+    if not decoder_files_exist(identity, settings.cache_dir, quantized=quantized):
         sam = load_configured_model(settings, device="cpu").sam
     return configured_decoder(sam, identity, settings, threads=threads), identity

@@ -55,10 +55,10 @@ class DecoderService:
         self.cache = cache
         self.limits = limits or ImageLimits()
 
-    def graph(self, *, multimask: bool) -> DecoderGraph:
-        """The exported decoder file clients download (`GET /sam/decoder.onnx`); reads and hashes it (a few MB:
+    def graph(self, *, multimask: bool, low_res: bool = False) -> DecoderGraph:
+        """An exported decoder file clients download (`GET /sam/decoder.onnx`); reads and hashes it (a few MB:
         call from a worker thread)."""
-        path = self.decoder.paths[multimask]
+        path = self.decoder.paths[multimask, low_res]
         data = path.read_bytes()
         return DecoderGraph(
             data=data,

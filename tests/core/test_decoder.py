@@ -11,11 +11,12 @@ from segment_anything import SamPredictor
 from sam_core.cache.codec import decode_embedding, encode_embedding
 from sam_core.embedding import ImageEmbedding
 from sam_core.errors import InvalidInput
+from sam_core.frames import preprocess_shape
 from sam_core.model.build import LoadedModel
-from sam_core.model.decoder import OnnxDecoder
+from sam_core.model.decoder import OnnxDecoder, upscale_logits
 from sam_core.model.decoder_export import decoder_filename, ensure_decoder_file
 from sam_core.model.encoder import ImageEncoder
-from sam_core.model.prompts import build_prompt
+from sam_core.model.prompts import build_prompt, onnx_prompt_inputs
 
 MAX_RELATIVE_L2 = 1e-3
 
@@ -184,3 +185,53 @@ def test_the_decoder_service_refuses_an_entry_whose_size_is_over_the_image_limit
     with pytest.raises(ImageTooLarge) as raised:
         asyncio.run(service.segment(job))
     assert raised.value.field == "orig_im_size"
+
+
+@pytest.mark.parametrize("original_size", [(1500, 2250), (977, 431), (64, 1024)])
+def test_logits_upscaled_outside_the_graph_are_sams_postprocessing(
+    tiny_model: LoadedModel, original_size: tuple[int, int]
+) -> None:
+    """`upscale_logits` (OpenCV) against `Sam.postprocess_masks` (torch) on random low-res logits: the same
+    logits to float rounding, and a handful of pixels of millions on the other side of 0."""
+    import torch
+
+    low_res = np.random.default_rng().normal(0, 8, (3, 256, 256)).astype(np.float32)
+    input_size = preprocess_shape(original_size)
+    with torch.inference_mode():
+        expected = tiny_model.sam.postprocess_masks(torch.from_numpy(low_res[None]), input_size, original_size)[0]
+    got = upscale_logits(low_res, original_size)
+    assert got.shape == (3, *original_size)
+    assert relative_l2(got, expected.numpy()) <= MAX_RELATIVE_L2
+    differing = int(((got > 0) != (expected.numpy() > 0)).sum())
+    assert differing <= max(20, got.size // 200_000), differing
+
+
+def test_the_low_res_graph_runs_and_the_full_graph_is_what_clients_download(
+    tiny_decoder: OnnxDecoder, scene: tuple
+) -> None:
+    """The server runs the low-res graphs (no `orig_im_size`, no image-size output); the files clients fetch
+    (`paths`) are the full ones, and both give the same scores and low-res logits."""
+    from sam_core.model.decoder import make_session
+
+    _, embedding, rng = scene
+    assert "orig_im_size" not in {i.name for i in tiny_decoder.multi.get_inputs()}
+    full = make_session(tiny_decoder.paths[True, False])
+    assert "orig_im_size" in {i.name for i in full.get_inputs()}
+    point = random_points(rng, embedding.original_size, 1)
+    prompt = build_prompt(point.tolist(), [1], embedding.original_size)
+    out = tiny_decoder.decode(embedding, prompt, multimask=True)
+    coords, labels = onnx_prompt_inputs(prompt, embedding.original_size)
+    masks, iou, low_res = full.run(
+        None,
+        {
+            "image_embeddings": embedding.embedding.astype(np.float32),
+            "point_coords": coords,
+            "point_labels": labels,
+            "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+            "has_mask_input": np.zeros(1, np.float32),
+            "orig_im_size": np.array(embedding.original_size, np.float32),
+        },
+    )
+    np.testing.assert_allclose(out.iou_scores, iou[0, 1:], atol=1e-5)
+    np.testing.assert_allclose(out.low_res_logits, low_res[0, 1:], rtol=1e-4, atol=1e-4)
+    assert relative_l2(out.mask_logits, masks[0, 1:]) <= MAX_RELATIVE_L2

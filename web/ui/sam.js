@@ -1,6 +1,6 @@
 // SAM's prompt math in the browser, exactly as the service does it (sam_core/frames.py, sam_core/model/prompts.py),
 // and the decoder run on onnxruntime-web. Frames: points and boxes are (x, y) in original-image pixels; the decoder
-// takes them in the 1024 input frame; its masks come back at the original size.
+// takes them in the 1024 input frame; its masks come back as 256x256 logits, upscaled here to the original size.
 
 export const INPUT_SIZE = 1024;
 export const LOW_RES = 256;
@@ -70,7 +70,64 @@ function halfToFloat(h) {
   return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
 }
 
-/** The service's decoder graph (GET /sam/decoder.onnx) in an onnxruntime-web WASM session. */
+/** Source index and weight of each output index of a bilinear resize of `inSize` samples to `outSize`, as OpenCV's
+ * INTER_LINEAR (and torch's align_corners=False) place them: half-pixel centres, edges clamped. */
+function linearTaps(outSize, inSize) {
+  const scale = 1 / (outSize / inSize);
+  const first = new Int32Array(outSize);
+  const weight = new Float32Array(outSize);
+  for (let d = 0; d < outSize; d++) {
+    const src = (d + 0.5) * scale - 0.5;
+    let i = Math.floor(src);
+    let f = src - i;
+    if (i < 0) [i, f] = [0, 0];
+    if (i >= inSize - 1) [i, f] = [inSize - 1, 0];
+    first[d] = i;
+    weight[d] = f;
+  }
+  return { first, weight };
+}
+
+/** `source` (rows x cols, row-major) resized bilinearly to outRows x outCols; only the top-left keepRows x keepCols
+ * of that result are computed (a crop after the resize costs nothing). Rows first, then columns, as OpenCV does. */
+function resizeBilinear(source, rows, cols, outRows, outCols, keepRows = outRows, keepCols = outCols) {
+  const x = linearTaps(outCols, cols);
+  const y = linearTaps(outRows, rows);
+  const across = new Float32Array(rows * keepCols);
+  for (let r = 0; r < rows; r++) {
+    const row = r * cols;
+    const out = r * keepCols;
+    for (let c = 0; c < keepCols; c++) {
+      const i = row + x.first[c];
+      const next = x.first[c] + 1 < cols ? i + 1 : i;
+      across[out + c] = source[i] + (source[next] - source[i]) * x.weight[c];
+    }
+  }
+  const result = new Float32Array(keepRows * keepCols);
+  for (let r = 0; r < keepRows; r++) {
+    const top = y.first[r] * keepCols;
+    const bottom = (y.first[r] + 1 < rows ? y.first[r] + 1 : y.first[r]) * keepCols;
+    const w = y.weight[r];
+    const out = r * keepCols;
+    for (let c = 0; c < keepCols; c++) result[out + c] = across[top + c] + (across[bottom + c] - across[top + c]) * w;
+  }
+  return result;
+}
+
+/** One 256x256 logit map upscaled as the service does it (sam_core.model.decoder.upscale_logits, SAM's
+ * postprocess_masks): bilinear to the padded 1024 frame, the padding cropped, bilinear to height x width; the
+ * mask is where the logits are > 0: Uint8Array(height * width), row-major 0/1. */
+export function upscaleMask(lowRes, height, width) {
+  const [inputH, inputW] = preprocessShape(height, width);
+  const padded = resizeBilinear(lowRes, LOW_RES, LOW_RES, INPUT_SIZE, INPUT_SIZE, inputH, inputW);
+  const logits = resizeBilinear(padded, inputH, inputW, height, width);
+  const mask = new Uint8Array(height * width);
+  for (let i = 0; i < mask.length; i++) mask[i] = logits[i] > 0 ? 1 : 0;
+  return mask;
+}
+
+/** The service's own decoder graph (GET /sam/decoder.onnx?low_res=true: scores and 256x256 logits) in an
+ * onnxruntime-web WASM session; the one mask is upscaled here, as the service upscales it. */
 export class ClientDecoder {
   constructor(ort, session, modelId, threads) {
     this.ort = ort;
@@ -89,6 +146,7 @@ export class ClientDecoder {
     const threads = self.crossOriginIsolated ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
     ort.env.wasm.numThreads = threads;
     const url = new URL("../sam/decoder.onnx", baseUrl);
+    url.searchParams.set("low_res", "true");
     if (model) url.searchParams.set("model", model);
     const response = await fetch(url, { headers, cache: "no-cache" });
     if (!response.ok) throw new Error(await errorText(response));
@@ -107,12 +165,10 @@ export class ClientDecoder {
       point_labels: new Tensor("float32", prompt.labels, [1, prompt.rows]),
       mask_input: new Tensor("float32", new Float32Array(LOW_RES * LOW_RES), [1, 1, LOW_RES, LOW_RES]),
       has_mask_input: new Tensor("float32", new Float32Array([0]), [1]),
-      orig_im_size: new Tensor("float32", new Float32Array([height, width]), [2]),
     };
     const results = await this.session.run(feeds);
-    const logits = results.masks.data; // (1, 1, H, W): the single-mask graph's one mask, at the original size
-    const mask = new Uint8Array(height * width);
-    for (let i = 0; i < mask.length; i++) mask[i] = logits[i] > 0 ? 1 : 0;
+    // (1, 1, 256, 256): the single-mask graph's one mask in the low-res frame
+    const mask = upscaleMask(results.low_res_masks.data, height, width);
     const score = results.iou_predictions.data[0];
     for (const tensor of Object.values(results)) tensor.dispose?.();
     return { mask, score };
