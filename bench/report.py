@@ -29,6 +29,7 @@ then measures, alternating each measurement with its reference where both are ti
  18. warm-up: `sam-serve warm` over a folder vs embedding one image at a time, the rerun, the batch sizes seen;
  19. several models: clicks alternating two served models vs one; a vit_b model switch (encoder, decoder), RSS;
  20. the decoder's low-res graph with the returned masks upscaled outside ONNX vs the full graph (lowres).
+ 21. many prompts in one ONNX run: B boxes a run of a low-res graph with a batch axis vs one a run (batch).
 
 Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~15 min here; --quick ~4 min)
 """
@@ -55,7 +56,7 @@ from flight import single_flight
 from harness import Bench, Report, redis_server
 from labelstudio import labelstudio_clicks
 from memory import memory
-from model_runs import cold_request, decoder_options, encoder_batching, encodings, low_res_graph
+from model_runs import cold_request, decoder_options, encoder_batching, encodings, low_res_graph, prompt_batch
 from models import several_models
 from page import page_clicks
 from prompts import many_boxes
@@ -107,6 +108,7 @@ def main() -> None:
                 ("cold", lambda: cold_request(bench, report, "vit_tiny", repeats=5)),
                 ("decoder", lambda: decoder_options(bench, report, clicks=20)),
                 ("lowres", lambda: low_res_graph(bench, report, clicks=30)),
+                ("batch", lambda: prompt_batch(bench, report)),
                 ("encoder", lambda: encoder_batching(bench, report, "vit_tiny", batch=4, repeats=3)),
                 ("cold", lambda: None if args.quick else cold_request(bench, report, "vit_b", repeats=2)),
                 (

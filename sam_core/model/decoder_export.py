@@ -98,11 +98,14 @@ def _onnx_module(sam: Sam, *, multimask: bool) -> torch.nn.Module:
     return module
 
 
-def export_decoder(sam: Sam, path: Path, *, multimask: bool, low_res: bool = False) -> Path:
+def export_decoder(sam: Sam, path: Path, *, multimask: bool, low_res: bool = False, prompt_batch: bool = False) -> Path:
     """Export SAM's prompt encoder + mask decoder (+ upscaling unless `low_res`) to ONNX at `path` (atomically).
 
     The TorchScript exporter is used (`dynamo=False`): torch's dynamo exporter fails on SamOnnxModel's
-    data-dependent post-processing. The number of prompt rows is a dynamic axis.
+    data-dependent post-processing. The number of prompt rows is a dynamic axis; with `prompt_batch` (low-res
+    graphs only) so is the number of prompts, one image's embedding for all (SAM's mask decoder repeats it per
+    prompt): `point_coords` (B, N, 2), `point_labels` (B, N), `mask_input` (B, 1, 256, 256). No file the service
+    serves or runs is exported so (on the CPU a batch is no faster per prompt: `bench/report.py --only batch`).
     """
     import torch
 
@@ -120,9 +123,22 @@ def export_decoder(sam: Sam, path: Path, *, multimask: bool, low_res: bool = Fal
         "orig_im_size": torch.tensor([1500.0, 2250.0]),
     }
     outputs = ["masks", "iou_predictions", "low_res_masks"]
+    dynamic_axes: dict[str, dict[int, str]] = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
     if low_res:
         del dummy_inputs["orig_im_size"]
         outputs = ["iou_predictions", "low_res_masks"]
+    if prompt_batch:
+        if not low_res:
+            raise ValueError("a batch of prompts is exported for low-res graphs only")
+        for name in ("point_coords", "point_labels", "mask_input"):
+            dummy_inputs[name] = torch.cat([dummy_inputs[name]] * 2)
+        dynamic_axes = {
+            "point_coords": {0: "prompts", 1: "num_points"},
+            "point_labels": {0: "prompts", 1: "num_points"},
+            "mask_input": {0: "prompts"},
+            "iou_predictions": {0: "prompts"},
+            "low_res_masks": {0: "prompts"},
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -136,7 +152,7 @@ def export_decoder(sam: Sam, path: Path, *, multimask: bool, low_res: bool = Fal
             do_constant_folding=True,
             input_names=list(dummy_inputs),
             output_names=outputs,
-            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            dynamic_axes=dynamic_axes,
             dynamo=False,
         )
         os.replace(tmp_name, path)

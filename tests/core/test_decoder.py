@@ -235,3 +235,40 @@ def test_the_low_res_graph_runs_and_the_full_graph_is_what_clients_download(
     np.testing.assert_allclose(out.iou_scores, iou[0, 1:], atol=1e-5)
     np.testing.assert_allclose(out.low_res_logits, low_res[0, 1:], rtol=1e-4, atol=1e-4)
     assert relative_l2(out.mask_logits, masks[0, 1:]) <= MAX_RELATIVE_L2
+
+
+def test_a_graph_exported_with_a_batch_of_prompts_answers_each_as_alone(
+    tiny_model: LoadedModel, tiny_decoder: OnnxDecoder, scene: tuple, tmp_path: Path
+) -> None:
+    """`export_decoder(prompt_batch=True)` (what `bench/report.py --only batch` times): three boxes in one run
+    give each box's scores and low-res logits of the service's own one-prompt run."""
+    from sam_core.model.decoder import make_session
+    from sam_core.model.decoder_export import export_decoder
+
+    _, embedding, rng = scene
+    path = export_decoder(tiny_model.sam, tmp_path / "batch.onnx", multimask=False, low_res=True, prompt_batch=True)
+    session = make_session(path, threads=2)
+    height, width = embedding.original_size
+    prompts = []
+    for _ in range(3):
+        x0, x1 = sorted(rng.uniform(0, width, 2))
+        y0, y1 = sorted(rng.uniform(0, height, 2))
+        prompts.append(build_prompt([], [], embedding.original_size, box=[x0, y0, x1, y1]))
+    rows = [onnx_prompt_inputs(prompt, embedding.original_size) for prompt in prompts]
+    scores, logits = session.run(
+        None,
+        {
+            "image_embeddings": embedding.embedding.astype(np.float32),
+            "point_coords": np.concatenate([coords for coords, _ in rows]),
+            "point_labels": np.concatenate([labels for _, labels in rows]),
+            "mask_input": np.zeros((3, 1, 256, 256), np.float32),
+            "has_mask_input": np.zeros(1, np.float32),
+        },
+    )
+    assert logits.shape == (3, 1, 256, 256)
+    for index, prompt in enumerate(prompts):
+        alone = tiny_decoder.decode(embedding, prompt)
+        np.testing.assert_allclose(scores[index], alone.iou_scores, atol=1e-5)
+        np.testing.assert_allclose(logits[index], alone.low_res_logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="low-res"):
+        export_decoder(tiny_model.sam, tmp_path / "full.onnx", multimask=False, prompt_batch=True)
