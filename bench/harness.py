@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from deployments.click_path import CLICK_PATH_NICENESS
 from sam_cli.local_redis import LocalRedis
 from sam_core.errors import ConfigurationError
 from sam_core.wire.schemas import SEGMENT_ROUTE
@@ -165,19 +166,23 @@ class Bench:
         decoder_router: dict[str, Any] | None = None,
         click_path_niceness: int | None = None,
         access_log: bool | None = None,
+        serve_env: dict[str, str] | None = None,
         **settings: Any,
     ) -> None:
         """(Re)deploy the app (under `/`, or `/{name}` for another name); each replica's num_cpus sets its
         threads, as in production. `click_path_niceness`: the ingress's and decoders' nice level instead of
         the deployments' own (0). `access_log`: Ray Serve's per-request log lines on or off in every replica (None:
-        the deployments' own, off on the click path)."""
+        the deployments' own, off on the click path). `serve_env`: Ray Serve variables in the ingress's and decoders'
+        environment (their nice level then 0 unless `click_path_niceness` says otherwise)."""
         from ray import serve
 
         from deployments.app import compose
 
         runtime_env = {}
-        if click_path_niceness is not None:
-            runtime_env = {"runtime_env": {"env_vars": {"RAY_worker_niceness": str(click_path_niceness)}}}
+        if click_path_niceness is not None or serve_env is not None:
+            niceness = CLICK_PATH_NICENESS if click_path_niceness is None else click_path_niceness
+            env_vars = {"RAY_worker_niceness": str(niceness), **(serve_env or {})}
+            runtime_env = {"runtime_env": {"env_vars": env_vars}}
         logging = {} if access_log is None else {"logging_config": {"enable_access_log": access_log}}
         app = compose(
             self.settings(model_type, decoder_threads=decoder_threads, **settings),

@@ -29,7 +29,8 @@ then measures, alternating each measurement with its reference where both are ti
  18. warm-up: `sam-serve warm` over a folder vs embedding one image at a time, the rerun, the batch sizes seen;
  19. several models: clicks alternating two served models vs one; a vit_b model switch (encoder, decoder), RSS;
  20. the decoder's low-res graph with the returned masks upscaled outside ONNX vs the full graph (lowres).
- 21. many prompts in one ONNX run: B boxes a run of a low-res graph with a batch axis vs one a run (batch).
+ 21. many prompts in one ONNX run: B boxes a run of a low-res graph with a batch axis vs one a run (batch);
+ 22. Ray Serve's user code and router on the replica's one loop vs in their own threads, two apps (loops).
 
 Run: .venv/bin/python bench/report.py [--quick] [--json report.json]   (~15 min here; --quick ~4 min)
 """
@@ -61,7 +62,7 @@ from models import several_models
 from page import page_clicks
 from prompts import many_boxes
 from routing import routing
-from side_by_side import access_log, niceness, spinning
+from side_by_side import access_log, niceness, serve_loops, spinning
 from warm import warm_up
 
 from sam_cli.local_redis import free_port
@@ -124,6 +125,7 @@ def main() -> None:
                 ("niceness", lambda: niceness(bench, report)),
                 ("access_log", lambda: access_log(bench, report)),
                 ("spinning", lambda: spinning(bench, report)),
+                ("loops", lambda: serve_loops(bench, report)),
                 ("page", lambda: page_clicks(bench, report)),
                 ("labelstudio", lambda: labelstudio_clicks(bench, report)),
                 ("warm", lambda: warm_up(bench, report)),

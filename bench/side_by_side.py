@@ -73,6 +73,33 @@ def spinning(bench: Bench, report: Report) -> None:
     )
 
 
+SERVE_ONE_LOOP = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+"""Two of Ray Serve's "throughput optimized" switches (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 sets them, with direct
+ingress, which needs a load balancer in front of the replicas' own ports): the replica's code and its handles'
+router on the replica's one event loop instead of a thread and a loop of their own."""
+
+SERVE_GRPC = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
+"""Another of them: handle calls between replicas (the ingress's to the decoders) over gRPC, not Ray actor calls."""
+
+
+def serve_loops(bench: Bench, report: Report) -> None:
+    print("[22] Ray Serve's replica threads and handle transport, each vs its default: two apps", flush=True)
+    _compare(
+        bench,
+        report,
+        {"one-loop": {"serve_env": SERVE_ONE_LOOP}, "own-threads": {"serve_env": {}}},
+        "user code and router on the replica's loop vs in their own threads",
+        neighbour=False,
+    )
+    _compare(
+        bench,
+        report,
+        {"grpc": {"serve_env": SERVE_GRPC}, "actor-calls": {"serve_env": {}}},
+        "handle calls over gRPC vs Ray actor calls",
+        neighbour=False,
+    )
+
+
 def _compare(bench: Bench, report: Report, apps: dict[str, dict[str, Any]], title: str, *, neighbour: bool) -> None:
     """Deploy `apps` (name -> Bench.deploy options; the first is ours), alternate requests, report the ratios."""
     from ray import serve
