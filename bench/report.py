@@ -57,9 +57,10 @@ from flight import single_flight
 from harness import Bench, Report, redis_server
 from labelstudio import labelstudio_clicks
 from memory import memory
-from model_runs import cold_request, decoder_options, encoder_batching, encodings, low_res_graph, prompt_batch
+from model_runs import cold_request, decoder_options, encoder_batching, encodings, low_res_graph
 from models import several_models
 from page import page_clicks
+from prompt_batch import prompt_batch
 from prompts import many_boxes
 from routing import routing
 from side_by_side import access_log, niceness, serve_loops, spinning
