@@ -18,7 +18,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,41 +28,29 @@ DIRECT_PORTS = range(30000, 30050)
 def _one_run(mode: str) -> dict[str, Any]:
     sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
     import httpx
-    import ray
     from clicks import measure_follow_ups
-    from harness import Bench, redis_server
-    from ray import serve
+    from harness import local_bench
 
-    from sam_cli.local_redis import free_port
+    with local_bench() as bench:
+        deploy = bench.deploy
 
-    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
-        port = free_port()
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-        try:
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            bench = Bench(Path(tmp), redis_url, port)
-            deploy = bench.deploy
+        def deploy_then_find_the_port(*args: Any, **kwargs: Any) -> None:
+            deploy(*args, **kwargs)
+            if mode != "direct":
+                return
+            for candidate in DIRECT_PORTS:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{candidate}/healthz", timeout=1).status_code == 200:
+                        bench.base_url = f"http://127.0.0.1:{candidate}"
+                        return
+                except httpx.HTTPError:
+                    continue
+            raise SystemExit("no ingress replica answered on a direct-ingress port")
 
-            def deploy_then_find_the_port(*args: Any, **kwargs: Any) -> None:
-                deploy(*args, **kwargs)
-                if mode != "direct":
-                    return
-                for candidate in DIRECT_PORTS:
-                    try:
-                        if httpx.get(f"http://127.0.0.1:{candidate}/healthz", timeout=1).status_code == 200:
-                            bench.base_url = f"http://127.0.0.1:{candidate}"
-                            return
-                    except httpx.HTTPError:
-                        continue
-                raise SystemExit("no ingress replica answered on a direct-ingress port")
-
-            bench.deploy = deploy_then_find_the_port  # type: ignore[method-assign]
-            runs = measure_follow_ups(bench, 30, 2)
-            http, bare = statistics.median(runs.http_times), statistics.median(runs.bare_times)
-            return {"mode": mode, "url": bench.base_url, "http_ms": http * 1e3, "bare_ms": bare * 1e3}
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+        bench.deploy = deploy_then_find_the_port  # type: ignore[method-assign]
+        runs = measure_follow_ups(bench, 30, 2)
+        http, bare = statistics.median(runs.http_times), statistics.median(runs.bare_times)
+        return {"mode": mode, "url": bench.base_url, "http_ms": http * 1e3, "bare_ms": bare * 1e3}
 
 
 def main() -> None:

@@ -124,6 +124,28 @@ def redis_server(workdir: Path) -> Iterator[str]:
         server.close()
 
 
+@contextmanager
+def local_bench() -> Iterator[Bench]:
+    """A benchmark's own world for the length of the run: a temp work dir, a redis-server, a local Ray (8 logical
+    CPUs) and Serve's proxy on a free port; everything stopped after."""
+    import tempfile
+
+    import ray
+    from ray import serve
+
+    from sam_cli.local_redis import free_port
+
+    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
+        port = free_port()
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            yield Bench(Path(tmp), redis_url, port)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+
 class Bench:
     """The running pieces: work dir, Redis, the Serve app and an HTTP client, plus in-process references."""
 

@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -54,7 +53,7 @@ from cache_runs import encoder_runs, redis_bytes
 from clicks import follow_up_latency, follow_up_throughput
 from everything import everything
 from flight import single_flight
-from harness import Bench, Report, redis_server
+from harness import Report, local_bench
 from labelstudio import labelstudio_clicks
 from memory import memory
 from model_runs import cold_request, decoder_options, encoder_batching, encodings, low_res_graph
@@ -65,8 +64,6 @@ from prompts import many_boxes
 from routing import routing
 from side_by_side import access_log, niceness, serve_loops, spinning
 from warm import warm_up
-
-from sam_cli.local_redis import free_port
 
 
 def main() -> None:
@@ -85,7 +82,6 @@ def main() -> None:
 
     import ray
     import torch
-    from ray import serve
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -96,48 +92,40 @@ def main() -> None:
         f"ray {ray.__version__}, cuda {'yes' if torch.cuda.is_available() else 'no'}",
         flush=True,
     )
-    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
-        port = free_port()
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-        try:
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            bench = Bench(Path(tmp), redis_url, port)
-            sections: list[tuple[str, Callable[[], None]]] = [
-                ("latency", lambda: follow_up_latency(bench, report, args.clicks, threads=2)),
-                ("throughput", lambda: follow_up_throughput(bench, report, args.seconds)),
-                ("session", lambda: encoder_runs(bench, report, clicks=20)),
-                ("redis", lambda: redis_bytes(bench, report)),
-                ("cold", lambda: cold_request(bench, report, "vit_tiny", repeats=5)),
-                ("decoder", lambda: decoder_options(bench, report, clicks=20)),
-                ("lowres", lambda: low_res_graph(bench, report, clicks=30)),
-                ("batch", lambda: prompt_batch(bench, report)),
-                ("encoder", lambda: encoder_batching(bench, report, "vit_tiny", batch=4, repeats=3)),
-                ("cold", lambda: None if args.quick else cold_request(bench, report, "vit_b", repeats=2)),
-                (
-                    "encoder",
-                    lambda: None if args.quick else encoder_batching(bench, report, "vit_b", batch=2, repeats=1),
-                ),
-                ("encodings", lambda: encodings(report, repeats=5)),
-                ("prompts", lambda: many_boxes(bench, report, boxes=50, repeats=3)),
-                ("everything", lambda: everything(bench, report, ((8, 2),) if args.quick else ((8, 2), (32, 1)))),
-                ("flight", lambda: single_flight(bench, report)),
-                ("routing", lambda: routing(bench, report)),
-                ("memory", lambda: memory(bench, report)),
-                ("niceness", lambda: niceness(bench, report)),
-                ("access_log", lambda: access_log(bench, report)),
-                ("spinning", lambda: spinning(bench, report)),
-                ("loops", lambda: serve_loops(bench, report)),
-                ("page", lambda: page_clicks(bench, report)),
-                ("labelstudio", lambda: labelstudio_clicks(bench, report)),
-                ("warm", lambda: warm_up(bench, report)),
-                ("models", lambda: several_models(bench, report)),
-            ]
-            for name, section in sections:
-                if not args.only or name in args.only:
-                    section()
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+    with local_bench() as bench:
+        sections: list[tuple[str, Callable[[], None]]] = [
+            ("latency", lambda: follow_up_latency(bench, report, args.clicks, threads=2)),
+            ("throughput", lambda: follow_up_throughput(bench, report, args.seconds)),
+            ("session", lambda: encoder_runs(bench, report, clicks=20)),
+            ("redis", lambda: redis_bytes(bench, report)),
+            ("cold", lambda: cold_request(bench, report, "vit_tiny", repeats=5)),
+            ("decoder", lambda: decoder_options(bench, report, clicks=20)),
+            ("lowres", lambda: low_res_graph(bench, report, clicks=30)),
+            ("batch", lambda: prompt_batch(bench, report)),
+            ("encoder", lambda: encoder_batching(bench, report, "vit_tiny", batch=4, repeats=3)),
+            ("cold", lambda: None if args.quick else cold_request(bench, report, "vit_b", repeats=2)),
+            (
+                "encoder",
+                lambda: None if args.quick else encoder_batching(bench, report, "vit_b", batch=2, repeats=1),
+            ),
+            ("encodings", lambda: encodings(report, repeats=5)),
+            ("prompts", lambda: many_boxes(bench, report, boxes=50, repeats=3)),
+            ("everything", lambda: everything(bench, report, ((8, 2),) if args.quick else ((8, 2), (32, 1)))),
+            ("flight", lambda: single_flight(bench, report)),
+            ("routing", lambda: routing(bench, report)),
+            ("memory", lambda: memory(bench, report)),
+            ("niceness", lambda: niceness(bench, report)),
+            ("access_log", lambda: access_log(bench, report)),
+            ("spinning", lambda: spinning(bench, report)),
+            ("loops", lambda: serve_loops(bench, report)),
+            ("page", lambda: page_clicks(bench, report)),
+            ("labelstudio", lambda: labelstudio_clicks(bench, report)),
+            ("warm", lambda: warm_up(bench, report)),
+            ("models", lambda: several_models(bench, report)),
+        ]
+        for name, section in sections:
+            if not args.only or name in args.only:
+                section()
     report.print_table()
     print(f"\nbenchmark took {time.perf_counter() - started:.0f} s")
     if args.json:
