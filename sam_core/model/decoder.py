@@ -128,9 +128,8 @@ class OnnxDecoder:
         spinning: bool = True,
     ) -> None:
         """`files`: the exported graphs by (multimask, low_res) (`decoder_export.ensure_decoder_files`)."""
-        options = {"threads": threads, "providers": providers, "spinning": spinning}
-        self.single = make_session(files[False, True], **options)  # type: ignore[arg-type]
-        self.multi = make_session(files[True, True], **options)  # type: ignore[arg-type]
+        self.single = make_session(files[False, True], threads=threads, providers=providers, spinning=spinning)
+        self.multi = make_session(files[True, True], threads=threads, providers=providers, spinning=spinning)
         self.paths = dict(files)
         """Every exported file, by (multimask, low_res): the low-res graphs run here, and each is a file clients
         may download (`GET /sam/decoder.onnx`)."""

@@ -2,9 +2,9 @@
 optionally quantized, and cached by model identity so that replicas of the same model share one export.
 
 Two kinds of each: the low-res graphs the server decodes with (scores and 256x256 logits only: the masks to
-return are upscaled outside ONNX, `sam_core.frames.upscale_logits`, so a multimask graph no longer upscales a
-fourth mask that is thrown away), and the full graphs with SAM's upscaling inside, which `GET /sam/decoder.onnx`
-serves to clients that decode clicks themselves (the labelling page)."""
+return are upscaled outside ONNX, `sam_core.model.decoder.upscale_logits`, so a multimask graph no longer
+upscales a fourth mask that is thrown away), and the full graphs with SAM's upscaling inside. `GET
+/sam/decoder.onnx` serves either (`low_res=true`: the server's own, which the labelling page decodes with)."""
 
 from __future__ import annotations
 
