@@ -6,6 +6,8 @@ Middleware order (outermost first): BearerAuth (who is calling: the tenant), Ten
 requests in flight), BodySizeLimit (the body as it arrives). Starlette runs the last one added first.
 """
 
+from typing import Any, cast
+
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
@@ -14,6 +16,7 @@ from deployments.http_errors import install_error_handlers
 from deployments.limits import BearerAuth, BodySizeLimit, TenantLimit
 from deployments.off_loop import OffLoopJSONRoute
 from deployments.routes import IngressCalls, page_router, sam_router
+from sam_core.settings import Settings
 
 
 def make_api(ingress: IngressCalls, backend: labelstudio.LabelStudioBackend) -> FastAPI:
@@ -35,3 +38,24 @@ def make_api(ingress: IngressCalls, backend: labelstudio.LabelStudioBackend) -> 
     api.add_middleware(TenantLimit)
     api.add_middleware(BearerAuth)
     return api
+
+
+def _unserved(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("the OpenAPI document's app serves no requests")
+
+
+class _NoIngress:
+    """The ingress of an app that is only read for its shape: every call is an error, none is made."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"the OpenAPI document's app serves no requests (asked for ingress.{name})")
+
+
+def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
+    """The OpenAPI document every ingress replica serves at /openapi.json, without starting one: the routes and
+    their models are declared by `make_api` alone (what the documentation site renders; tests/docs checks it is
+    the one a running app serves)."""
+    settings = settings or Settings()
+    calls = cast(IngressCalls, _NoIngress())
+    backend = labelstudio.LabelStudioBackend(cast(Any, _unserved), cast(Any, calls), settings)
+    return make_api(calls, backend).openapi()

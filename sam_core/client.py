@@ -108,7 +108,7 @@ class SamClient(ClientCore[httpx.Client]):
     ) -> SegmentImageResponse | SegmentArrays:
         """Masks for a prompt. The embedding comes from `embeddings`, else the cache (`image_id`), else `image`.
 
-        Args:
+        Keyword Args:
             image: the image (only needed when its embedding is not cached); see `ImageLike`.
             image_id: the id the image's embedding is cached under.
             point_coords: [[x, y], ...] in original-image pixels (a list or an (N, 2) array).

@@ -116,7 +116,11 @@ class Settings(BaseSettings):
         "needs a C++ compiler on the CPU"
     )
     decoder_threads: NonNegativeInt = Field(default=0, description="ONNX Runtime intra-op threads; 0 = CPUs")
-    decoder_providers: tuple[str, ...] = Field(default=("CPUExecutionProvider",))
+    decoder_providers: tuple[str, ...] = Field(
+        default=("CPUExecutionProvider",),
+        description="ONNX Runtime execution providers of the decoder sessions, in order of preference (with the "
+        "gpu extra: CUDAExecutionProvider first)",
+    )
     decoder_spinning: bool = _off(
         "ONNX Runtime's idle threads busy-wait (fastest in a process alone); false (default): they "
         "sleep, leaving the cores to the ingress and proxy beside them (clicks 0.88x quiet, 0.78x beside a busy "

@@ -1,14 +1,13 @@
 """What a client migrating from the seed (Roboflow inference's SAM routes) meets first, over real HTTP.
 
 The seed's json embed answer and its round trip, limits on every client-sent size, the same answer on every
-path an embedding can take, mask-only prompts, hashing before decoding, and the README's own curl example.
+path an embedding can take, mask-only prompts, hashing before decoding, and /docs offline.
 """
 
 from __future__ import annotations
 
 import base64
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from sam_core.embedding import round_to_storage
 from sam_core.model.build import LoadedModel
 from sam_core.wire.masks import MAX_POLYGON_POINTS, MAX_POLYGONS
 from sam_core.wire.npy import npy_to_embedding, npz_to_segment
-from tests.conftest import ServeApp, photo_jpeg
+from tests.conftest import ServeApp
 from tests.deployments.test_api import (
     EMBED,
     IMAGE_SHAPE,
@@ -273,31 +272,7 @@ def test_a_repeat_image_without_id_is_found_by_its_hash_and_not_decoded(
     assert second.json()["image_id"] == first.json()["image_id"]
 
 
-# ---- 8. a newcomer's first hour ------------------------------------------------------------------------
-
-
-def readme_curl_example() -> str:
-    """The README's curl example, as written there."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL)
-    (example,) = [block for block in blocks if "curl" in block and "embed_image" in block]
-    return example
-
-
-def test_the_readmes_curl_example_works_with_a_real_size_photo(serve_app: ServeApp, tmp_path: Path) -> None:
-    photo = photo_jpeg(np.random.default_rng(), (1600, 2400))
-    assert 1_000_000 <= len(photo) <= 5_000_000, len(photo)  # a 1-5 MB photo, as users send
-    (tmp_path / "photo.jpg").write_bytes(photo)
-    script = readme_curl_example().replace("localhost:8000", serve_app.url.removeprefix("http://"))
-
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, timeout=120)
-
-    assert done.returncode == 0, done.stderr.decode()
-    embed_line, segment_line = done.stdout.decode().strip().splitlines()
-    assert orjson.loads(embed_line)["original_size"] == [1600, 2400]
-    segment = orjson.loads(segment_line)
-    assert len(segment["masks"]) == 1
-    assert segment["image_id"] == "photo-1"
+# ---- 8. a newcomer's first hour (the README's examples: tests/docs/test_examples.py) ------------------------
 
 
 def test_docs_work_offline_from_the_packages_own_assets(http: httpx.Client) -> None:
