@@ -53,7 +53,7 @@ def test_the_readme_and_the_docs_hold_runnable_examples() -> None:
     assert len(EXAMPLES) >= 5
     assert {e.language for e in EXAMPLES} <= {"bash", "python"}
     sources = [REPO_ROOT / "README.md", *(REPO_ROOT / "docs").glob("*.md")]
-    marked = sum(path.read_text().count("<!-- runnable -->") for path in sources)
+    marked = sum(len(re.findall(r"^<!-- runnable -->$", path.read_text(), flags=re.MULTILINE)) for path in sources)
     assert marked == len(EXAMPLES)  # a marker not followed by a fence would be skipped silently
 
 
