@@ -3,14 +3,12 @@ loads nothing from outside when read, and the README stays a short door into it.
 
 from __future__ import annotations
 
-import functools
 import html
 import http.server
 import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from pydantic_settings import BaseSettings
 from deployments.api import openapi_document
 from sam_core.settings import ModelSpec, Settings
 from tests.conftest import ServeApp
+from tests.slow_http import serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README_MAX_LINES = 200
@@ -96,21 +95,19 @@ def test_the_documented_openapi_is_the_one_a_running_app_serves(serve_app: Serve
     assert served == openapi_document(serve_app.settings)
 
 
-@pytest.fixture(scope="module")
-def site_url(site: Path) -> Iterator[str]:
-    handler = functools.partial(QuietHandler, directory=str(site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-
-
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+@pytest.fixture(scope="module")
+def site_url(site: Path) -> Iterator[str]:
+    class SiteFiles(QuietHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(site), **kwargs)
+
+    with serving(SiteFiles) as url:
+        yield url
 
 
 def test_the_site_loads_nothing_from_outside_when_read(site: Path, site_url: str, browser: Any) -> None:
