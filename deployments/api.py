@@ -45,17 +45,16 @@ def _unserved(*args: Any, **kwargs: Any) -> Any:
 
 
 class _NoIngress:
-    """The ingress of an app that is only read for its shape: every call is an error, none is made."""
+    """The ingress of an app that is only read for its shape: each of its calls is an error, and none is made."""
 
     def __getattr__(self, name: str) -> Any:
-        raise RuntimeError(f"the OpenAPI document's app serves no requests (asked for ingress.{name})")
+        return _unserved
 
 
 def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
     """The OpenAPI document every ingress replica serves at /openapi.json, without starting one: the routes and
     their models are declared by `make_api` alone (what the documentation site renders; tests/docs checks it is
     the one a running app serves)."""
-    settings = settings or Settings()
     calls = cast(IngressCalls, _NoIngress())
-    backend = labelstudio.LabelStudioBackend(cast(Any, _unserved), cast(Any, calls), settings)
+    backend = labelstudio.LabelStudioBackend(calls.segment, cast(Any, calls), settings or Settings())
     return make_api(calls, backend).openapi()

@@ -45,7 +45,7 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
         "",
         "| field | type | default | meaning |",
         "|---|---|---|---|",
-        *(row for row in _model_rows(ModelSpec)),
+        *_model_rows(ModelSpec),
     ]
     return markdown.replace(SETTINGS_MARKER, "\n".join(tables))
 

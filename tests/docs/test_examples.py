@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 import pytest
 
+from sam_core.client import SamClient
 from tests.conftest import ServeApp, photo_jpeg
 
 pytestmark = pytest.mark.slow
@@ -63,8 +64,6 @@ def photo_folder(serve_app: ServeApp, tmp_path: Path) -> Path:
     photo = photo_jpeg(np.random.default_rng(), PHOTO_SIZE)
     assert 1_000_000 <= len(photo) <= 5_000_000, len(photo)
     (tmp_path / "photo.jpg").write_bytes(photo)
-    from sam_core.client import SamClient
-
     with SamClient(serve_app.url, timeout=120) as sam:
         sam.embed_image(tmp_path / "photo.jpg", image_id="photo-1")
     return tmp_path
